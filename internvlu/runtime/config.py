@@ -1,0 +1,381 @@
+"""Typed views of the checkpoint's JSON configs.
+
+Every value the checkpoint defines is read from its files; the dataclass defaults are the reference
+classes' constructor defaults, used only where a key is absent. Each `from_dict` checks what the
+reference silently requires (spec §1.3) and refuses configs that would allocate absurd sizes before
+any tensor exists, so a hostile or broken config fails with one line instead of an OOM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from internvlu.errors import CheckpointError
+
+# Far above the real model (4B) yet small enough to refuse a config that asks for terabytes.
+MAX_COMPONENT_PARAMETERS = 40_000_000_000
+MAX_DIMENSION = 1 << 20
+
+SUPPORTED_LLM_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", "Qwen3MoeForCausalLM")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"missing file {path}; the checkpoint folder is incomplete (re-download or re-export it)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _get(d: dict, key: str, default: Any, source: str, kind: type | tuple[type, ...] | None = None) -> Any:
+    value = d.get(key, default)
+    if kind is None or value is None:
+        return value
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int subclass in Python; a JSON `true` is never a valid size or scale.
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        raise CheckpointError(f"{source}: `{key}` = {value!r} has the wrong type")
+    return value
+
+
+def _positive(value: Any, key: str, source: str, maximum: int = MAX_DIMENSION) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
+        raise CheckpointError(f"{source}: `{key}` = {value!r} must be an integer in 1..{maximum}")
+    return value
+
+
+def _check_parameter_budget(count: int, source: str) -> None:
+    if count > MAX_COMPONENT_PARAMETERS:
+        raise CheckpointError(
+            f"{source} describes a model of {count:,} parameters; refusing to allocate it (config corrupt or hostile)"
+        )
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    hidden_size: int = 3200
+    num_attention_heads: int = 25
+    intermediate_size: int = 12800
+    num_hidden_layers: int = 48
+    image_size: int = 224
+    patch_size: int = 14
+    num_channels: int = 3
+    qkv_bias: bool = False
+    qk_normalization: bool = True
+    norm_type: str = "rms_norm"
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu"
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "VisionConfig":
+        names = cls.__dataclass_fields__
+        cfg = cls(**{k: d[k] for k in names if k in d})
+        for key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "image_size",
+                    "patch_size", "num_channels"):
+            _positive(getattr(cfg, key), key, source)
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise CheckpointError(f"{source}: vision hidden_size {cfg.hidden_size} is not divisible by its heads")
+        if cfg.norm_type not in ("layer_norm", "rms_norm"):
+            raise CheckpointError(f"{source}: vision norm_type {cfg.norm_type!r} is not layer_norm or rms_norm")
+        if cfg.hidden_act not in ("gelu", "gelu_pytorch_tanh", "quick_gelu", "silu", "relu"):
+            raise CheckpointError(f"{source}: vision hidden_act {cfg.hidden_act!r} is not supported")
+        per_layer = 4 * cfg.hidden_size**2 + 2 * cfg.hidden_size * cfg.intermediate_size
+        _check_parameter_budget(cfg.num_hidden_layers * per_layer, source)
+        return cfg
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    vision: VisionConfig
+    llm: dict[str, Any]
+    llm_architecture: str
+    template: str
+    select_layer: int = -1
+    force_image_size: int | None = None
+    downsample_ratio: float = 0.5
+
+    @property
+    def image_size(self) -> int:
+        return self.force_image_size or self.vision.image_size
+
+    @property
+    def num_image_token(self) -> int:
+        return int((self.image_size // self.vision.patch_size) ** 2 * self.downsample_ratio**2)
+
+    @property
+    def llm_hidden_size(self) -> int:
+        return self.llm["hidden_size"]
+
+    @property
+    def llm_num_layers(self) -> int:
+        return self.llm["num_hidden_layers"]
+
+    @classmethod
+    def from_file(cls, path: Path) -> "VLMConfig":
+        d = read_json(path)
+        source = str(path)
+        if d.get("anyres_image_size"):
+            raise CheckpointError(f"{source}: anyres_image_size=true is unsupported (the reference crashes on it)")
+        vision = VisionConfig.from_dict(_get(d, "vision_config", {}, source, dict), source)
+        llm = dict(_get(d, "llm_config", None, source, dict) or {})
+        architectures = llm.get("architectures") or []
+        if not architectures or architectures[0] not in SUPPORTED_LLM_ARCHITECTURES:
+            raise CheckpointError(
+                f"{source}: llm_config.architectures {architectures!r} must name one of {', '.join(SUPPORTED_LLM_ARCHITECTURES)}"
+            )
+        for key in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads"):
+            _positive(llm.get(key), f"llm_config.{key}", source)
+        hidden, vocab = llm["hidden_size"], llm["vocab_size"]
+        per_layer = 4 * hidden**2 + 3 * hidden * llm["intermediate_size"] * max(1, llm.get("num_experts", 1) or 1)
+        _check_parameter_budget(llm["num_hidden_layers"] * per_layer + 2 * vocab * hidden, source)
+        template = _get(d, "template", None, source, str)
+        if template != "qwen2_5-chat-v3":
+            raise CheckpointError(f"{source}: template {template!r} is unknown; InternVL-U uses 'qwen2_5-chat-v3'")
+        ratio = _get(d, "downsample_ratio", 0.5, source, (int, float))
+        if ratio != 0.5:
+            raise CheckpointError(f"{source}: downsample_ratio {ratio} is unsupported (pixel shuffle is defined for 0.5)")
+        cfg = cls(
+            vision=vision,
+            llm=llm,
+            llm_architecture=architectures[0],
+            template=template,
+            select_layer=_get(d, "select_layer", -1, source, int),
+            force_image_size=_get(d, "force_image_size", None, source, int),
+            downsample_ratio=ratio,
+        )
+        grid = cfg.image_size // vision.patch_size
+        if grid < 2 or grid % 2:
+            raise CheckpointError(f"{source}: image size {cfg.image_size} / patch {vision.patch_size} must give an even patch grid")
+        if not -vision.num_hidden_layers - 1 <= cfg.select_layer <= vision.num_hidden_layers:
+            raise CheckpointError(f"{source}: select_layer {cfg.select_layer} is outside the vision encoder's layers")
+        return cfg
+
+
+@dataclass(frozen=True)
+class MMDiTConfig:
+    patch_size: int = 2
+    in_channels: int = 64
+    out_channels: int = 16
+    num_layers: int = 60
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 3584
+    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
+    video_position_scale_factor: float = 1.0
+    vlm_cond_position_scale_factor: float = 1.0
+    # Hidden diffusers config key; the sampler multiplies the timestep by it when present (spec §7.2).
+    timestep_scale: float = 1.0
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def latent_channels(self) -> int:
+        return self.in_channels // self.patch_size**2
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    mmdit: MMDiTConfig
+    input_hidden_size: int = 1536
+    output_hidden_size: int = 2304
+    decoder_projector_type: str = "mlp2x_gelu"
+    max_sequence_length: int = 512
+    pad_to_fix_length: bool = True
+    gen_image_height: int = 512
+    gen_image_width: int = 512
+    vlm_select_layer: tuple[int, ...] = (-1,)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "DecoderConfig":
+        d = read_json(path)
+        source = str(path)
+        raw = _get(d, "decoder_config", None, source, (dict, str))
+        if isinstance(raw, str):
+            # The reference also accepts a JSON path; resolve it inside the component folder only.
+            nested = (path.parent / raw).resolve()
+            if path.parent.resolve() not in nested.parents:
+                raise CheckpointError(f"{source}: decoder_config path {raw!r} points outside the checkpoint")
+            raw = read_json(nested)
+        if not raw:
+            raise CheckpointError(f"{source}: `decoder_config` is missing")
+        if not _get(d, "padding_encoder_hidden_states", True, source, bool):
+            raise CheckpointError(f"{source}: padding_encoder_hidden_states=false is unsupported (the reference requires it)")
+        names = MMDiTConfig.__dataclass_fields__
+        mmdit_values = {k: raw[k] for k in names if k in raw}
+        # The wrapper copies its own scale factors into the decoder config (spec §6.1).
+        for key in ("video_position_scale_factor", "vlm_cond_position_scale_factor"):
+            if key in d:
+                mmdit_values[key] = d[key]
+        if "axes_dims_rope" in mmdit_values:
+            mmdit_values["axes_dims_rope"] = tuple(mmdit_values["axes_dims_rope"])
+        mmdit = MMDiTConfig(**mmdit_values)
+        for key in ("patch_size", "in_channels", "out_channels", "num_layers", "attention_head_dim",
+                    "num_attention_heads", "joint_attention_dim"):
+            _positive(getattr(mmdit, key), f"decoder_config.{key}", source)
+        if len(mmdit.axes_dims_rope) != 3 or sum(mmdit.axes_dims_rope) != mmdit.attention_head_dim or any(
+            a % 2 for a in mmdit.axes_dims_rope
+        ):
+            raise CheckpointError(
+                f"{source}: axes_dims_rope {list(mmdit.axes_dims_rope)} must be three even sizes summing to "
+                f"attention_head_dim {mmdit.attention_head_dim}"
+            )
+        if mmdit.in_channels % mmdit.patch_size**2 or mmdit.out_channels * mmdit.patch_size**2 <= 0:
+            raise CheckpointError(f"{source}: in_channels {mmdit.in_channels} is not a multiple of patch_size²")
+        for key in ("video_position_scale_factor", "vlm_cond_position_scale_factor", "timestep_scale"):
+            value = getattr(mmdit, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise CheckpointError(f"{source}: `{key}` = {value!r} must be a positive number")
+        D = mmdit.inner_dim
+        _check_parameter_budget(mmdit.num_layers * (12 * D * D + 2 * 12 * D * D + 16 * D * D), source)
+        select = _get(d, "vlm_select_layer", [-1], source, (list, int))
+        select = (select,) if isinstance(select, int) else tuple(select)
+        if not select or not all(isinstance(i, int) and not isinstance(i, bool) for i in select):
+            raise CheckpointError(f"{source}: vlm_select_layer {select!r} must be a non-empty list of integers")
+        projector = _get(d, "decoder_projector_type", "mlp2x_gelu", source, str)
+        if projector not in ("mlp2x_gelu", "identity"):
+            raise CheckpointError(f"{source}: decoder_projector_type {projector!r} is not mlp2x_gelu or identity")
+        cfg = cls(
+            mmdit=mmdit,
+            input_hidden_size=_positive(_get(d, "input_hidden_size", 1536, source), "input_hidden_size", source),
+            output_hidden_size=_positive(_get(d, "output_hidden_size", 2304, source), "output_hidden_size", source),
+            decoder_projector_type=projector,
+            max_sequence_length=_positive(_get(d, "max_sequence_length", 512, source), "max_sequence_length", source),
+            pad_to_fix_length=_get(d, "pad_to_fix_length", True, source, bool),
+            gen_image_height=_positive(_get(d, "gen_image_height", 512, source), "gen_image_height", source),
+            gen_image_width=_positive(_get(d, "gen_image_width", 512, source), "gen_image_width", source),
+            vlm_select_layer=select,
+        )
+        width = cfg.output_hidden_size if projector == "mlp2x_gelu" else cfg.input_hidden_size
+        if width != mmdit.joint_attention_dim:
+            raise CheckpointError(
+                f"{source}: the projector emits width {width} but the MMDiT expects joint_attention_dim {mmdit.joint_attention_dim}"
+            )
+        return cfg
+
+
+@dataclass(frozen=True)
+class UnderstandingImageConfig:
+    height: int
+    width: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    rescale_factor: float
+
+
+@dataclass(frozen=True)
+class GenerationImageConfig:
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    rescale_factor: float
+    vae_downsample_factor: int
+    merge_size: int
+    min_pixels: int
+    max_pixels: int
+    max_length: int | None
+
+    @property
+    def factor(self) -> int:
+        """Pixel stride of one post-patch latent token: sizes are multiples of it."""
+        return self.vae_downsample_factor * self.merge_size
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    image_seq_length: int
+    understanding: UnderstandingImageConfig
+    generation: GenerationImageConfig
+
+    @classmethod
+    def from_file(cls, path: Path) -> "ProcessorConfig":
+        d = read_json(path)
+        source = str(path)
+        und = _get(d, "image_processor_kwargs", {}, source, dict)
+        size = und.get("size") or {"height": 384, "width": 384}
+        if not isinstance(size, dict) or "height" not in size or "width" not in size:
+            raise CheckpointError(f"{source}: image_processor_kwargs.size must be {{'height': H, 'width': W}}")
+        clip_mean, clip_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+        understanding = UnderstandingImageConfig(
+            height=_positive(size["height"], "size.height", source, 8192),
+            width=_positive(size["width"], "size.width", source, 8192),
+            image_mean=_triple(und.get("image_mean", clip_mean), "image_mean", source),
+            image_std=_triple(und.get("image_std", clip_std), "image_std", source, nonzero=True),
+            rescale_factor=float(und.get("rescale_factor", 1 / 255)),
+        )
+        gen_class = d.get("image_gen_processor_class")
+        if gen_class != "InternVLUDynamicResGenerationImageProcessor":
+            raise CheckpointError(
+                f"{source}: image_gen_processor_class {gen_class!r} is unsupported; image generation needs "
+                "InternVLUDynamicResGenerationImageProcessor"
+            )
+        gen = _get(d, "image_gen_processor_kwargs", {}, source, dict)
+        if gen.get("do_pad"):
+            raise CheckpointError(f"{source}: image_gen_processor_kwargs.do_pad=true is unsupported")
+        if gen.get("temporal_patch_size", 2) != 1:
+            raise CheckpointError(f"{source}: temporal_patch_size must be 1 (the VAE takes 3 channels)")
+        ratio = gen.get("gen_down_sample_ratio", 2)
+        if not isinstance(ratio, (int, float)) or ratio <= 0 or int(1.0 / ratio) < 1:
+            raise CheckpointError(f"{source}: gen_down_sample_ratio {ratio!r} gives no merge size (expected 0.5)")
+        patch = _positive(gen.get("vae_downsample_factor", 8), "vae_downsample_factor", source, 64)
+        max_length = gen.get("max_length")
+        generation = GenerationImageConfig(
+            image_mean=_triple(gen.get("image_mean", clip_mean), "image_gen_processor_kwargs.image_mean", source),
+            image_std=_triple(gen.get("image_std", clip_std), "image_gen_processor_kwargs.image_std", source, nonzero=True),
+            rescale_factor=float(gen.get("rescale_factor", 1 / 255)),
+            vae_downsample_factor=patch,
+            merge_size=int(1.0 / ratio),
+            min_pixels=_positive(gen.get("min_dynamic_patch", 4096), "min_dynamic_patch", source) * patch * patch,
+            max_pixels=_positive(gen.get("max_dynamic_patch", 16384), "max_dynamic_patch", source) * patch * patch,
+            max_length=None if max_length is None else _positive(max_length, "max_length", source),
+        )
+        return cls(
+            image_seq_length=_positive(d.get("image_seq_length"), "image_seq_length", source, 65536),
+            understanding=understanding,
+            generation=generation,
+        )
+
+
+def _triple(value: Any, key: str, source: str, nonzero: bool = False) -> tuple[float, float, float]:
+    if isinstance(value, (int, float)):
+        value = [value] * 3
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+            or nonzero and any(v == 0 for v in value)):
+        raise CheckpointError(f"{source}: `{key}` = {value!r} must be three finite numbers")
+    return tuple(float(v) for v in value)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    raw: dict[str, Any] = field(repr=False)
+    z_dim: int = 16
+    latents_mean: tuple[float, ...] = ()
+    latents_std: tuple[float, ...] = ()
+    spatial_scale_factor: int = 8
+
+    @classmethod
+    def from_file(cls, path: Path) -> "VAEConfig":
+        d = read_json(path)
+        source = str(path)
+        z_dim = _positive(d.get("z_dim", 16), "z_dim", source, 4096)
+        mean, std = d.get("latents_mean"), d.get("latents_std")
+        for key, values in (("latents_mean", mean), ("latents_std", std)):
+            if not isinstance(values, list) or len(values) != z_dim or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in values
+            ):
+                raise CheckpointError(f"{source}: `{key}` must list {z_dim} finite numbers")
+        if any(v == 0 for v in std):
+            raise CheckpointError(f"{source}: `latents_std` contains a zero")
+        _positive(d.get("base_dim", 96), "base_dim", source, 8192)
+        temporal = d.get("temperal_downsample", [False, True, True])
+        return cls(raw=d, z_dim=z_dim, latents_mean=tuple(mean), latents_std=tuple(std),
+                   spatial_scale_factor=2 ** len(temporal))
