@@ -179,6 +179,7 @@ class InternVLUPipeline:
         num_beams: int | None = None,
         return_dict_in_generate: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_logits: bool | None = None,
         streamer=None,
         callback: StepCallback | None = None,
         output_type: str = "pil",
@@ -186,7 +187,8 @@ class InternVLUPipeline:
         generation = {k: v for k, v in dict(
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample, temperature=temperature,
             top_p=top_p, num_beams=num_beams, return_dict_in_generate=return_dict_in_generate,
-            output_hidden_states=output_hidden_states, streamer=streamer).items() if v is not None}
+            output_hidden_states=output_hidden_states, output_logits=output_logits, streamer=streamer).items()
+            if v is not None}
         _validate_generation_kwargs(generation)
         if generation_mode == "text":
             inputs = self.processor(prompt, image, "text", system_prompt=system_prompt)
@@ -386,8 +388,10 @@ class InternVLUPipeline:
     def _conditioning(self, inputs: ProcessorOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Conditioning:
         token_ids = self.processor.token_ids
         rows = input_ids.shape[0]
-        # Identical rows (same ids and mask, hence same images) give identical states: compute them once.
-        keys = [(tuple(input_ids[r].tolist()), tuple(attention_mask[r].tolist())) for r in range(rows)]
+        # Identical rows of one sample (same ids and mask, hence same images, same noise) give identical
+        # velocities: run them once.
+        samples_per_branch = rows // 3
+        keys = [(r % samples_per_branch, tuple(input_ids[r].tolist()), tuple(attention_mask[r].tolist())) for r in range(rows)]
         unique_rows: list[int] = []
         unique_of_row = []
         for r, key in enumerate(keys):

@@ -1,0 +1,61 @@
+"""Shared fixtures: the official recordings (copied from ../shared/golden into tests/fixtures/golden so a
+user's clone runs the suite too) and the tiny pipeline loaded once per session in float32."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+IMAGE_CASES = ("image_t2i", "image_edit", "text_image_t2i", "text_image_edit")
+CALLS = {
+    "text_mode": dict(prompt="what color is the rectangle in the image?", image=True, generation_mode="text"),
+    "image_t2i": dict(prompt="a red cube on a table under the sky", image=False, generation_mode="image"),
+    "image_edit": dict(prompt="make the background blue", image=True, generation_mode="image"),
+    "text_image_t2i": dict(prompt="draw a cat wearing a tiny hat", image=False, generation_mode="text_image"),
+    "text_image_edit": dict(prompt="change the style to a watercolor painting", image=True, generation_mode="text_image"),
+}
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def golden_tensors(name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(GOLDEN / f"{name}.safetensors"))
+
+
+def golden_json(name: str) -> dict:
+    return json.loads((GOLDEN / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def golden_list(tensors: dict, prefix: str) -> list[torch.Tensor]:
+    count = sum(1 for k in tensors if k.startswith(prefix + "."))
+    return [tensors[f"{prefix}.{i}"] for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    return GOLDEN / "tiny_pipeline"
+
+
+@pytest.fixture(scope="session")
+def test_image() -> Image.Image:
+    return Image.open(GOLDEN / "test_image.png").convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_dir):
+    from internvlu import InternVLUPipeline
+
+    return InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32)
+
+
+def call_kwargs(case: str, image: Image.Image) -> dict:
+    call = dict(CALLS[case])
+    call["image"] = image if call["image"] else None
+    if call["generation_mode"] != "text":
+        call.update(height=64, width=96)
+    return call

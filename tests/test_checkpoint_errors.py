@@ -1,0 +1,139 @@
+"""Broken checkpoints fail at load with one line naming the file, the key and the problem."""
+
+import json
+import shutil
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from internvlu import InternVLUPipeline
+from internvlu.errors import CheckpointError
+
+
+@pytest.fixture
+def ckpt(tmp_path, tiny_dir):
+    target = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, target)
+    return target
+
+
+def load_error(path) -> str:
+    with pytest.raises(CheckpointError) as info:
+        InternVLUPipeline.from_pretrained(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def rewrite(path, change):
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+def test_missing_folder(tmp_path):
+    assert "not found" in load_error(tmp_path / "nowhere")
+
+
+def test_missing_component_folder(ckpt):
+    shutil.rmtree(ckpt / "vae")
+    assert "`vae/`" in load_error(ckpt)
+
+
+def test_missing_weights_file(ckpt):
+    (ckpt / "vlm" / "model.safetensors").unlink()
+    assert "no model.safetensors" in load_error(ckpt)
+
+
+def test_missing_config_file(ckpt):
+    (ckpt / "generation_decoder" / "config.json").unlink()
+    assert "missing file" in load_error(ckpt)
+
+
+def test_corrupt_json(ckpt):
+    (ckpt / "vlm" / "config.json").write_text("{not json")
+    assert "not valid JSON" in load_error(ckpt)
+
+
+def test_truncated_safetensors(ckpt):
+    path = ckpt / "generation_decoder" / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    message = load_error(ckpt)
+    assert "truncated or corrupt" in message and "model.safetensors" in message
+
+
+def test_oversized_header(ckpt):
+    path = ckpt / "vae" / "diffusion_pytorch_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", 1 << 60) + data[8:])
+    assert "header" in load_error(ckpt)
+
+
+def test_wrong_shape(ckpt):
+    path = ckpt / "vlm" / "model.safetensors"
+    rewrite(path, lambda t: t.update({"mlp1.1.bias": torch.zeros(65)}))
+    message = load_error(ckpt)
+    assert "`mlp1.1.bias`" in message and "[65]" in message and "[64]" in message
+
+
+def test_unexpected_key(ckpt):
+    rewrite(ckpt / "vlm" / "model.safetensors", lambda t: t.update({"extra.weight": torch.zeros(2)}))
+    assert "unexpected tensor `extra.weight`" in load_error(ckpt)
+
+
+def test_missing_key(ckpt):
+    rewrite(ckpt / "generation_decoder" / "model.safetensors", lambda t: t.pop("decoder.proj_out.bias"))
+    assert "missing tensor `decoder.proj_out.bias`" in load_error(ckpt)
+
+
+def test_nan_weights(ckpt):
+    def poison(tensors):
+        tensors["decoder.img_in.weight"][0, 0] = float("nan")
+    rewrite(ckpt / "generation_decoder" / "model.safetensors", poison)
+    assert "NaN" in load_error(ckpt)
+
+
+def test_integer_weights_refused(ckpt):
+    rewrite(ckpt / "vlm" / "model.safetensors", lambda t: t.update({"mlp1.1.bias": torch.zeros(64, dtype=torch.int32)}))
+    assert "dtype" in load_error(ckpt)
+
+
+def test_absurd_config_refused_before_allocation(ckpt):
+    path = ckpt / "vlm" / "config.json"
+    config = json.loads(path.read_text())
+    config["llm_config"]["hidden_size"] = 1 << 20
+    config["llm_config"]["intermediate_size"] = 1 << 20
+    path.write_text(json.dumps(config))
+    assert "refusing to allocate" in load_error(ckpt)
+
+
+def test_sharded_index_with_missing_shard(ckpt):
+    folder = ckpt / "vlm"
+    tensors = load_file(str(folder / "model.safetensors"))
+    names = sorted(tensors)
+    half = len(names) // 2
+    save_file({n: tensors[n] for n in names[:half]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({n: tensors[n] for n in names[half:]}, str(folder / "model-00002-of-00002.safetensors"))
+    (folder / "model.safetensors").unlink()
+    index = {"weight_map": {n: f"model-0000{1 if i < half else 2}-of-00002.safetensors" for i, n in enumerate(names)}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    InternVLUPipeline.from_pretrained(ckpt)  # sharded loads
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    assert "missing" in load_error(ckpt)
+
+
+def test_pickle_weights_refused(ckpt):
+    (ckpt / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    (ckpt / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
+    assert "safetensors only" in load_error(ckpt)
+
+
+def test_bfloat16_load(tiny_dir):
+    pipe = InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype="bfloat16")
+    assert pipe.dtype == torch.bfloat16 and pipe.generation_decoder.dtype == torch.bfloat16
+    out = pipe("a red cube", generation_mode="image", height=32, width=32, num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (32, 32) and torch.isfinite(out.latents).all()
