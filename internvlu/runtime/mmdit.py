@@ -273,23 +273,28 @@ class InternVLUTransformerBlock(nn.Module):
         self.img_mlp = FeedForward(dim)
         self.txt_mlp = FeedForward(dim)
 
-    def _per_token(self, modulation_img: torch.Tensor, modulation_txt: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
-        """[T, 6D]: each token gets its sample's image or context modulation vector."""
-        counts = torch.tensor(layout.image_lengths + layout.text_lengths, device=modulation_img.device)
-        return torch.cat([modulation_img, modulation_txt]).repeat_interleave(counts, dim=0)
-
     def forward(self, x: torch.Tensor, temb: torch.Tensor, layout: PackedLayout, freqs: torch.Tensor) -> torch.Tensor:
-        modulation = self._per_token(self.img_mod(temb), self.txt_mod(temb), layout)
-        shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
-        h = layer_norm_fp32(x) * (1 + scale1) + shift1
-        x = x + gate1 * self.attn(h, layout, freqs)
-        h = layer_norm_fp32(x) * (1 + scale2) + shift2
+        # Each segment (one sample's image or context tokens) shares one modulation vector, applied by
+        # broadcasting instead of materialising a [T, 6D] per-token table.
+        img_mod, txt_mod = self.img_mod(temb), self.txt_mod(temb)
+        segments = [(sl, img_mod[b].chunk(6)) for b, sl in enumerate(layout.image_slices())]
+        segments += [(sl, txt_mod[b].chunk(6)) for b, sl in enumerate(layout.text_slices())]
+
+        h = torch.empty_like(x)
+        for sl, (shift1, scale1, _, _, _, _) in segments:
+            h[sl] = layer_norm_fp32(x[sl]) * (1 + scale1) + shift1
+        attn = self.attn(h, layout, freqs)
+        residual = torch.empty_like(x)
+        for sl, (_, _, gate1, shift2, scale2, _) in segments:
+            residual[sl] = x[sl] + gate1 * attn[sl]
+            h[sl] = layer_norm_fp32(residual[sl]) * (1 + scale2) + shift2
         n_img = layout.num_image_tokens
         y = torch.cat([self.img_mlp(h[:n_img]), self.txt_mlp(h[n_img:])])
-        x = x + gate2 * y
-        if x.dtype == torch.float16:
-            x = x.clip(-65504, 65504)
-        return x
+        for sl, (_, _, _, _, _, gate2) in segments:
+            residual[sl] = residual[sl] + gate2 * y[sl]
+        if residual.dtype == torch.float16:
+            residual = residual.clip(-65504, 65504)
+        return residual
 
 
 class AdaLayerNormContinuous(nn.Module):
