@@ -1,0 +1,275 @@
+"""`internvlu batch`: many jobs, one model load.
+
+A jobs file holds one job per line: a JSON object (`{"mode": "gen"|"edit"|"ask", "prompt": ..., "image": ...,
+"seed": ..., "out": ..., plus any preset key}`) or a plain prompt. Blank lines and `#` comments are
+skipped. Every job is checked before the model loads; a bad job is reported and the others still run.
+A job's output is complete exactly when its file exists (files are renamed into place), which is what
+`--resume` relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from internvlu import presets
+from internvlu.cli import options as opt
+from internvlu.cli import settings
+from internvlu.cli.gen import model_from
+from internvlu.cli.session import ImageJob, InputImage, Session, stdout_writer
+from internvlu.cli.ui import UI, emit
+from internvlu.errors import InternVLUError, UsageError
+from internvlu.images import atomic_write, remove_stale_temps
+
+MODES = ("gen", "edit", "ask")
+JOB_KEYS = {"mode", "prompt", "image", "seed", "out", "preset", *presets.SETTINGS}
+ANSWER_SUFFIXES = (".txt", ".json")
+ASK_MAX_NEW_TOKENS = 512
+
+
+@dataclass
+class BatchJob:
+    number: int  # 1-based, counting jobs only
+    line: int
+    mode: str = "gen"
+    prompt: str = ""
+    images: list[str] = field(default_factory=list)
+    seed: int | None = None
+    out: str | None = None
+    preset: str | None = None
+    settings: dict = field(default_factory=dict)
+    path: Path | None = None  # where the output goes; None for an ask job that only prints
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"job {self.number} (line {self.line})"
+
+
+def _job_from_object(job: BatchJob, data: object) -> None:
+    if not isinstance(data, dict):
+        raise ValueError("a JSON job must be an object")
+    unknown = sorted(set(data) - JOB_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"allowed keys are {', '.join(sorted(JOB_KEYS))}")
+    image = data.get("image")
+    images = [] if image is None else [image] if isinstance(image, str) else image
+    if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+        raise ValueError("'image' must be a path or a list of paths")
+    job.images = images
+    job.mode = data.get("mode") or ("edit" if images else "gen")
+    if job.mode not in MODES:
+        raise ValueError(f"'mode' {job.mode!r} must be one of {', '.join(MODES)}")
+    if job.mode == "gen" and images:
+        raise ValueError("a gen job takes no image; use \"mode\": \"edit\"")
+    if job.mode == "edit" and not images:
+        raise ValueError("an edit job needs an 'image'")
+    job.prompt = data.get("prompt")
+    if not isinstance(job.prompt, str) or not job.prompt.strip():
+        raise ValueError("'prompt' must be a non-empty string")
+    job.seed = data.get("seed")
+    if job.seed is not None and (isinstance(job.seed, bool) or not isinstance(job.seed, int)
+                                 or not 0 <= job.seed <= settings.MAX_SEED):
+        raise ValueError(f"'seed' must be an integer from 0 to {settings.MAX_SEED}")
+    for key in ("out", "preset"):
+        if data.get(key) is not None and (not isinstance(data[key], str) or not data[key]):
+            raise ValueError(f"{key!r} must be a non-empty string")
+    job.out, job.preset = data.get("out"), data.get("preset")
+    job.settings = presets.validate({k: v for k, v in data.items() if k in presets.SETTINGS}, "settings", presets.SETTINGS)
+
+
+def parse_jobs(text: str) -> list[BatchJob]:
+    jobs = []
+    for line_number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        job = BatchJob(number=len(jobs) + 1, line=line_number)
+        jobs.append(job)
+        if not line.startswith("{"):
+            job.prompt = line
+            continue
+        try:
+            _job_from_object(job, json.loads(line))
+        except json.JSONDecodeError as exc:
+            job.error = f"not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object or one prompt per line"
+        except (ValueError, UsageError) as exc:
+            job.error = str(exc)
+    return jobs
+
+
+def plan_paths(jobs: list[BatchJob], out_dir: Path) -> None:
+    """Each job's output file; a relative `out` is inside --out-dir. Clashing outputs are errors."""
+    taken: dict[Path, int] = {}
+    for job in jobs:
+        if job.error:
+            continue
+        if job.out is not None:
+            path = Path(job.out).expanduser()
+            path = path if path.is_absolute() else out_dir / path
+            if job.mode == "ask" and path.suffix.lower() not in ANSWER_SUFFIXES:
+                job.error = f"an ask job's 'out' must end in {' or '.join(ANSWER_SUFFIXES)}"
+                continue
+            if job.mode != "ask" and path.suffix.lower() != ".png":
+                job.error = "'out' must end in .png (the recipe is stored in PNG metadata)"
+                continue
+        elif job.mode == "ask":
+            continue
+        else:
+            path = out_dir / f"{job.number:04d}-{settings.slug(job.prompt)}.png"
+        key = path.resolve()
+        if key in taken:
+            job.error = f"writes {path}, as job {taken[key]} does; give each job its own 'out'"
+            continue
+        taken[key] = job.number
+        job.path = path
+
+
+def read_jobs_file(file: str) -> str:
+    if file == "-":
+        return sys.stdin.read()
+    path = Path(file).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"jobs file {path} not found; check the path (or pass - to read jobs from stdin)") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder; pass a jobs file (JSON Lines or one prompt per line)") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; pass a JSON Lines file or one prompt per line") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
+
+
+def batch(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Jobs file (JSON Lines or one prompt per line), or - for stdin.",
+                                        show_default=False)],
+    resume: Annotated[bool, typer.Option("--resume", help="Skip jobs whose output file already exists.")] = False,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", "-s", min=0, metavar="SEED", help="Jobs without a seed get this seed plus their job number minus one. \\[default: random]",
+        show_default=False, rich_help_panel=opt.SETTINGS_PANEL)] = None,
+    preset: opt.Preset = None,
+    steps: opt.Steps = None,
+    cfg: opt.Cfg = None,
+    part_cfg: opt.PartCfg = None,
+    size: opt.Size = None,
+    aspect: opt.Aspect = None,
+    cot: opt.Cot = None,
+    cot_tokens: opt.CotTokens = None,
+    out_dir: opt.OutDir = None,
+    overwrite: opt.Overwrite = False,
+    model: opt.Model = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    as_json: opt.Json = False,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Run many gen / edit / ask jobs with one model load.
+
+    Each line of FILE is a plain prompt, or a JSON object such as
+    {"mode": "edit", "prompt": "make it night", "image": "day.png", "seed": 1, "out": "night.png"}.
+    Image paths are relative to the current folder, outputs to --out-dir.
+    Options apply to every job; a job's own keys win.
+    Exit code 0 when every job succeeded (or was skipped with --resume), 1 otherwise.
+
+    Examples:
+
+      internvlu batch prompts.txt --out-dir renders/ --preset fast
+
+      internvlu batch jobs.jsonl --resume --json | jq -r .path
+    """
+    opt.set_debug(debug)
+    ui = UI(quiet)
+    with ui.capture_logs():
+        config = settings.load_config()
+        flags = settings.flag_layer(steps=steps, cfg=cfg, part_cfg=part_cfg, size=size, aspect=aspect, cot=cot,
+                                    max_new_tokens=cot_tokens, dtype=opt.enum_value(dtype))
+        base = settings.resolve(config, flags, preset)  # checks the batch-wide preset once, up front
+        jobs = parse_jobs(read_jobs_file(file))
+        if not jobs:
+            raise UsageError(f"{file} holds no jobs; write one prompt or JSON job per line")
+        folder = settings.prepare_folder(out_dir if out_dir is not None else Path.cwd())
+        plan_paths(jobs, folder)
+
+        model_name, _ = model_from(model, None, config)
+        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), base.get("dtype"))
+        if any(not job.error and not (resume and job.path is not None and job.path.exists()) for job in jobs):
+            session.load()  # a model that cannot load stops the batch; with nothing left to do it is never loaded
+        counts = {"ok": 0, "skipped": 0, "failed": 0}
+
+        def report(job: BatchJob, status: str, **extra) -> None:
+            counts[status] += 1
+            if as_json:
+                emit({"job": job.number, "line": job.line, "mode": job.mode, "status": status, **extra}, True)
+            if status == "failed":
+                ui.warn(f"{job.name} failed: {extra['error']}")
+            elif status == "skipped":
+                ui.info(f"{job.name}: skipped, {job.path} exists")
+
+        with ui.progress():
+            overall = ui.bars.add_task("jobs", total=len(jobs))
+            for job in jobs:
+                try:
+                    inputs = prepare(job, resume, overwrite)
+                    if inputs is None:
+                        report(job, "skipped", path=str(job.path))
+                    elif job.mode == "ask":
+                        report(job, "ok", **run_ask_job(session, job, inputs, as_json, overwrite))
+                    else:
+                        values = settings.resolve(config, settings.merge([flags, job.settings]), job.preset or preset,
+                                                  keep_shape=job.mode == "gen")
+                        job_seed = (job.seed if job.seed is not None else seed + job.number - 1 if seed is not None
+                                    else settings.random_seed())
+                        result = session.run_image(ImageJob(job.mode, job.prompt, job_seed, job.path, values, inputs,
+                                                            overwrite, job.preset or preset, label=f"job {job.number}"))
+                        if not as_json:
+                            emit(result, False)
+                        report(job, "ok", **result)
+                except InternVLUError as exc:
+                    report(job, "failed", error=str(exc))
+                except Exception as exc:  # a bug hit by one job must not sink the others
+                    if opt.State.debug:
+                        ui.console.print_exception()
+                    report(job, "failed", error=f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
+                finally:
+                    ui.bars.advance(overall)
+        ui.info(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}: {counts['ok']} ok, {counts['skipped']} skipped, "
+                f"{counts['failed']} failed")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+def prepare(job: BatchJob, resume: bool, overwrite: bool) -> list[InputImage] | None:
+    """A job's input images, or None when --resume finds its output done; raises for a bad job."""
+    if job.error:
+        raise UsageError(job.error)
+    if job.path is not None and job.path.exists():
+        if resume:
+            return None
+        if not overwrite:
+            raise UsageError(f"{job.path} already exists; pass --resume to skip finished jobs or --overwrite to redo them")
+    if job.path is not None:
+        remove_stale_temps(job.path)
+    return [InputImage.open(p) for p in job.images]
+
+
+def run_ask_job(session: Session, job: BatchJob, inputs: list[InputImage], as_json: bool, overwrite: bool) -> dict:
+    stream = None if as_json or job.path is not None else stdout_writer(sys.stdout)
+    result = session.run_ask(job.prompt, inputs, ASK_MAX_NEW_TOKENS, seed=job.seed, write=stream)
+    if job.path is not None:
+        if job.path.suffix.lower() == ".json":
+            data = json.dumps(result, ensure_ascii=False, indent=2) + "\n"
+        else:
+            data = result["answer"] + "\n"
+        atomic_write(job.path, data.encode("utf-8"), overwrite=overwrite)
+        result = {"path": str(job.path), **result}
+        if not as_json:
+            emit(result, False)
+    return result

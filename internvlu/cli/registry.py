@@ -1,0 +1,161 @@
+"""What a `--model` name means, and the identity an image records for it.
+
+- `tiny`: the embedded model, a small random checkpoint of the real architecture built by
+  `internvlu.runtime.synthetic` on first use into `$INTERNVLU_HOME/models/tiny` (default
+  `~/.cache/internvlu`), under a file lock and with an atomic rename, so concurrent first runs agree.
+- an existing folder: used as is.
+- `owner/name`: a Hugging Face repo in huggingface_hub's standard cache (`internvlu models pull`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from internvlu.errors import CheckpointError, UsageError
+
+EMBEDDED = ("tiny",)
+DEFAULT_MODEL = "tiny"
+HASH_WHOLE_FILES_UP_TO = 8 << 20
+HASH_EDGE_BYTES = 4 << 20
+
+
+def home() -> Path:
+    """`$INTERNVLU_HOME`, else `~/.cache/internvlu`."""
+    return Path(os.environ.get("INTERNVLU_HOME") or Path.home() / ".cache" / "internvlu").expanduser()
+
+
+def embedded_dir(name: str) -> Path:
+    return home() / "models" / name
+
+
+def embedded_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("internvlu.runtime.synthetic") is not None
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    id: str  # "tiny", an absolute folder path, or a repo id
+    kind: str  # "embedded", "folder" or "hub"
+    path: Path
+    revision: str | None = None
+
+    def identity(self) -> dict:
+        """What an output records: enough to find the same weights again and to notice if they changed."""
+        out = {"id": self.id, "kind": self.kind, "revision": self.revision}
+        if self.kind != "hub":  # a hub revision is already a content hash
+            out["folder_hash"] = folder_hash(self.path)
+        return out
+
+
+def looks_like_repo_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith("/")
+
+
+def resolve(name: str, revision: str | None = None, notify: Callable[[str], None] = lambda _: None) -> ModelRef:
+    if name in EMBEDDED:
+        return ModelRef(name, "embedded", ensure_embedded(name, notify))
+    from internvlu.runtime.checkpoint import DEFAULT_REPO_ID, resolve_model_dir
+
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise UsageError(f"{path} is not an InternVL-U checkpoint folder (it has no model_index.json); "
+                             "pass the folder that holds model_index.json")
+        return ModelRef(str(path.resolve()), "folder", resolve_model_dir(path))
+    if not looks_like_repo_id(name):
+        raise UsageError(f"model {name!r} not found: no such folder; pass a checkpoint folder, a Hugging Face repo id "
+                         f"such as {DEFAULT_REPO_ID}, or {' / '.join(EMBEDDED)}")
+    path = resolve_model_dir(name, revision)
+    return ModelRef(name, "hub", path, path.name if path.parent.name == "snapshots" else revision)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the atomic rename still keeps the cache consistent
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_embedded(name: str, notify: Callable[[str], None] = lambda _: None) -> Path:
+    """The embedded model's folder, built on first use (seed 0)."""
+    final = embedded_dir(name)
+    if (final / "model_index.json").is_file():
+        return final
+    try:
+        from internvlu.runtime.synthetic import build_checkpoint
+    except ImportError:
+        raise CheckpointError(f"the embedded {name!r} model needs internvlu.runtime.synthetic, which this install lacks; "
+                              "pass --model with a checkpoint folder or a Hugging Face repo id") from None
+    root = final.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = root / f".{name}.lock"
+        lock.touch()
+    except OSError as exc:
+        raise UsageError(f"cannot write the model cache {root} ({exc.strerror}); set INTERNVLU_HOME to a writable folder") from None
+    with file_lock(lock):
+        if (final / "model_index.json").is_file():  # another process built it while we waited
+            return final
+        for stale in root.glob(f".{name}-build-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():
+            shutil.rmtree(final)
+        notify(f"building the embedded {name!r} model in {final} (first use only)")
+        build = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=root))
+        try:
+            build_checkpoint(build / name, size=name, seed=0)
+            os.rename(build / name, final)
+        except OSError as exc:
+            from internvlu.images import write_error
+
+            raise write_error(final, exc) from None
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return final
+
+
+def remove_embedded(name: str) -> bool:
+    final = embedded_dir(name)
+    if not final.exists():
+        return False
+    root = final.parent
+    with file_lock(root / f".{name}.lock"):
+        shutil.rmtree(final)
+    return True
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over every file's relative path, size and contents (first and last 4 MiB of large files)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= HASH_WHOLE_FILES_UP_TO:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(HASH_EDGE_BYTES))
+                f.seek(size - HASH_EDGE_BYTES)
+                digest.update(f.read(HASH_EDGE_BYTES))
+    return digest.hexdigest()
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

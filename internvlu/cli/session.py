@@ -1,0 +1,317 @@
+"""One loaded model and the jobs run on it: the part of the CLI that drives `InternVLUPipeline`.
+
+- Device and dtype: `auto` picks CUDA, then MPS, then the CPU (with a notice that it is slow);
+  bfloat16 on CUDA, float32 elsewhere. The choice is recorded in every output.
+- Images: one pipeline call per seed with `torch.Generator("cpu").manual_seed(seed)`, so image k of
+  `-n` is the same as a single run with that seed, on any device; saved atomically with the recipe.
+- Ctrl-C: while a model runs, the first Ctrl-C stops at the next denoising step or token (a second one
+  stops at once); the interruption reaches `app.main`, which exits 130. Nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import internvlu
+from internvlu import presets
+from internvlu.cli import registry
+from internvlu.cli.ui import UI, printable
+from internvlu.errors import UsageError
+from internvlu.images import file_sha256, load_image, save_png
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def check_not_a_path(text: str, usage: str) -> None:
+    """The last argument is the text; an image file there means it was forgotten."""
+    if Path(text).suffix.lower() in IMAGE_SUFFIXES and Path(text).expanduser().is_file():
+        raise UsageError(f"{text} is an image, but the last argument must be the text; usage: {usage}")
+
+
+@dataclass
+class InputImage:
+    path: Path
+    sha256: str
+    image: object  # PIL.Image.Image
+
+    @classmethod
+    def open(cls, path: str | Path) -> "InputImage":
+        path = Path(path).expanduser()
+        image = load_image(path)
+        return cls(path.resolve(), file_sha256(path), image)
+
+    def record(self) -> dict:
+        return {"path": str(self.path), "sha256": self.sha256, "width": self.image.width, "height": self.image.height}
+
+
+@dataclass
+class ImageJob:
+    command: str  # "gen" or "edit"
+    prompt: str
+    seed: int
+    out: Path
+    settings: dict  # merged settings (see internvlu.presets.SETTINGS)
+    inputs: list[InputImage] = field(default_factory=list)
+    overwrite: bool = False
+    preset: str | None = None
+    label: str = ""
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------------------
+
+class Interrupt:
+    """First SIGINT: ask the running model to stop at its next step; second: stop at once."""
+
+    def __init__(self, ui: UI):
+        self.ui = ui
+        self.requested = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def soft(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            self.ui.warn("stopping after this step (press Ctrl-C again to stop now)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+            self.check()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+# ---- streamers -----------------------------------------------------------------------------------------
+
+def text_streamer(tokenizer, on_text: Callable[[str, bool], None], on_token: Callable[[], None]):
+    """A transformers streamer: `on_text(text, end)` as whole words arrive, `on_token()` per new token."""
+    from transformers import TextStreamer
+
+    class Streamer(TextStreamer):
+        def put(self, value):
+            prompt = self.next_tokens_are_prompt
+            super().put(value)
+            if not prompt:
+                on_token()
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            on_text(text, stream_end)
+
+    return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def stdout_writer(stream: TextIO) -> Callable[[str, bool], None]:
+    def write(text: str, end: bool) -> None:
+        stream.write(printable(text) + ("\n" if end else ""))
+        stream.flush()
+    return write
+
+
+# ---- the session -------------------------------------------------------------------------------------
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but no CUDA GPU is available to torch; use --device cpu (or auto)")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError("--device mps, but Apple's MPS backend is not available here; use --device cpu (or auto)")
+    if name not in ("cuda", "cpu", "mps"):
+        raise UsageError(f"device {name!r} is unknown; use auto, cuda, cpu or mps")
+    return name
+
+
+def pick_dtype(name: str | None, device: str) -> str:
+    if name in (None, "auto"):
+        return "bfloat16" if device == "cuda" else "float32"
+    if name not in presets.DTYPES:
+        raise UsageError(f"dtype {name!r} is unknown; use {', '.join(presets.DTYPES)}")
+    return name
+
+
+class Session:
+    def __init__(self, ui: UI, model: str, device: str = "auto", dtype: str | None = None, revision: str | None = None):
+        self.ui = ui
+        self.model_name = model
+        self.revision = revision
+        self.device_name = device
+        self.dtype_name = dtype
+        self.interrupt = Interrupt(ui)
+        self.pipe = None
+        self.model: registry.ModelRef | None = None
+        self.model_identity: dict = {}
+        self.load_s = 0.0
+
+    def load(self) -> "Session":
+        from internvlu.runtime.pipeline import InternVLUPipeline
+
+        start = time.perf_counter()
+        self.device = pick_device(self.device_name)
+        self.dtype = pick_dtype(self.dtype_name, self.device)
+        self.model = registry.resolve(self.model_name, self.revision, notify=self.ui.info)
+        self.ui.info(f"loading model {self.model.id} ({self.dtype}, {self.device})")
+        if self.device == "cpu":
+            self.ui.info("note: running on the CPU, which is slow: the full InternVL-U model takes minutes per image "
+                         "here; use a GPU (--device cuda) for real work")
+        self.pipe = InternVLUPipeline.from_pretrained(self.model.path, torch_dtype=self.dtype).to(self.device)
+        self.model_identity = self.model.identity()
+        self.load_s = time.perf_counter() - start
+        return self
+
+    # -- images ----------------------------------------------------------------------------------------
+
+    def concrete(self, job: ImageJob) -> dict:
+        """Every number the pipeline gets, defaults filled in from the model, as recorded in the PNG."""
+        from internvlu.runtime.pipeline import COT_MODE_DEFAULTS, IMAGE_MODE_DEFAULTS
+
+        s = job.settings
+        cot = bool(s.get("cot", False))
+        defaults = COT_MODE_DEFAULTS if cot else IMAGE_MODE_DEFAULTS
+        if "size" in s:
+            width, height = presets.parse_size(s["size"])
+        elif job.inputs:
+            base = job.inputs[0].image
+            width, height = base.width, base.height
+            if "aspect" in s:
+                width, height = presets.size_for_aspect(presets.parse_aspect(s["aspect"]), width * height)
+            elif max(width, height) > presets.MAX_SIDE:
+                scale = presets.MAX_SIDE / max(width, height)
+                width, height = max(presets.MIN_SIDE, int(width * scale)), max(presets.MIN_SIDE, int(height * scale))
+        else:
+            config = self.pipe.generation_decoder.config
+            width, height = config.gen_image_width, config.gen_image_height
+            if "aspect" in s:
+                width, height = presets.size_for_aspect(presets.parse_aspect(s["aspect"]), width * height)
+        out = {
+            "steps": s.get("steps", defaults["num_inference_steps"]),
+            "cfg": float(s.get("cfg", defaults["all_cfg_scale"])),
+            "part_cfg": float(s.get("part_cfg", defaults["part_cfg_scale"])),
+            "width": width,
+            "height": height,
+        }
+        if cot:
+            out["max_new_tokens"] = s.get("max_new_tokens", COT_MODE_DEFAULTS["max_new_tokens"])
+        return out
+
+    def run_image(self, job: ImageJob) -> dict:
+        """Generate, save atomically, and return the JSON result."""
+        import torch
+
+        values = self.concrete(job)
+        cot = "max_new_tokens" in values
+        label = job.label or f"seed {job.seed}"
+        bars = self.ui.bars
+        thought_task = bars.add_task(f"{label}: thinking", total=values["max_new_tokens"]) if cot else None
+        step_task = bars.add_task(f"{label}: denoising", total=values["steps"])
+
+        def on_step(index: int, total: int, latents) -> None:
+            bars.update(step_task, completed=index + 1, total=total, refresh=True)
+            self.interrupt.check()
+
+        def on_token() -> None:
+            bars.advance(thought_task)
+            self.interrupt.check()
+
+        thought_chunks: list[str] = []
+
+        def on_thought(text: str, end: bool) -> None:  # shown as soon as the reasoning is complete
+            thought_chunks.append(text)
+            if end:
+                self.ui.block(f"reasoning ({label})", "".join(thought_chunks))
+
+        streamer = text_streamer(self.pipe.tokenizer, on_thought, on_token) if cot else None
+        self.ui.info(f"generating {job.out.name} ({values['width']}x{values['height']}, {values['steps']} steps, "
+                     f"seed {job.seed}{', chain of thought first' if cot else ''})")
+        start = time.perf_counter()
+        try:
+            with self.interrupt.soft():
+                result = self.pipe(
+                    job.prompt,
+                    image=[[i.image for i in job.inputs]] if job.inputs else None,
+                    generation_mode="text_image" if cot else "image",
+                    height=values["height"], width=values["width"], num_inference_steps=values["steps"],
+                    all_cfg_scale=values["cfg"], part_cfg_scale=values["part_cfg"],
+                    generator=torch.Generator("cpu").manual_seed(job.seed),
+                    max_new_tokens=values.get("max_new_tokens"), streamer=streamer, callback=on_step,
+                )
+        finally:
+            bars.remove_task(step_task)
+            if thought_task is not None:
+                bars.remove_task(thought_task)
+        generate_s = time.perf_counter() - start
+        thought = result.texts[0] if cot and result.texts else None
+
+        recipe = {
+            "internvlu_version": internvlu.__version__,
+            "command": job.command,
+            "mode": "text_image" if cot else "image",
+            "prompt": job.prompt,
+            "cot_text": thought,
+            "seed": job.seed,
+            **values,
+            "preset": job.preset,
+            "model": self.model_identity,
+            "dtype": self.dtype,
+            "device": self.device,
+            "inputs": [i.record() for i in job.inputs],
+        }
+        start = time.perf_counter()
+        save_png(result.images[0], job.out, recipe, overwrite=job.overwrite)
+        save_s = time.perf_counter() - start
+        settings = {k: recipe[k] for k in (*values, "preset", "dtype", "device")}
+        return {
+            "path": str(job.out), "seed": job.seed, "command": job.command, "prompt": job.prompt, "cot": thought,
+            "inputs": recipe["inputs"], "settings": settings, "model": self.model_identity,
+            "timings": {"load_s": round(self.load_s, 3), "generate_s": round(generate_s, 3), "save_s": round(save_s, 3)},
+        }
+
+    # -- understanding ---------------------------------------------------------------------------------
+
+    def run_ask(self, question: str, inputs: list[InputImage], max_new_tokens: int, temperature: float | None = None,
+                top_p: float | None = None, seed: int | None = None, write: Callable[[str, bool], None] | None = None) -> dict:
+        """Answer a question about the images; the answer streams to `write` as it is generated."""
+        import torch
+
+        sampling = temperature is not None or top_p is not None
+        if seed is not None:
+            torch.manual_seed(seed)
+        streamer = text_streamer(self.pipe.tokenizer, write or (lambda text, end: None), self.interrupt.check)
+        start = time.perf_counter()
+        with self.interrupt.soft():
+            result = self.pipe(
+                question, image=[[i.image for i in inputs]] if inputs else None, generation_mode="text",
+                max_new_tokens=max_new_tokens, do_sample=sampling, temperature=temperature, top_p=top_p,
+                streamer=streamer,
+            )
+        answer_s = time.perf_counter() - start
+        return {
+            "question": question, "answer": result.texts[0].strip(), "inputs": [i.record() for i in inputs],
+            "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                         "dtype": self.dtype, "device": self.device},
+            "model": self.model_identity,
+            "timings": {"load_s": round(self.load_s, 3), "answer_s": round(answer_s, 3)},
+        }

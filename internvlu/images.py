@@ -1,0 +1,227 @@
+"""Reading user images safely and writing outputs atomically.
+
+- `load_image`: one clear `UsageError` for a missing, unreadable, truncated, oversized (decompression
+  bomb) or non-image file; EXIF rotation applied; animated files give their first frame; every mode
+  (palette, alpha, 16-bit, CMYK...) becomes 8-bit RGB, transparency composited over white.
+- `atomic_write` / `save_png`: the bytes go to a hidden temporary file in the target folder, are
+  fsynced and then renamed into place, so an output is either complete or absent; an existing file is
+  never replaced without `overwrite`. The temporary file is removed on any failure, Ctrl-C included.
+- The recipe (prompt, seed, settings, model...) is stored as JSON in an iTXt chunk named `internvlu`
+  and read back by `read_recipe`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from internvlu.errors import InternVLUError, UsageError
+
+log = logging.getLogger(__name__)
+
+RECIPE_KEY = "internvlu"
+MAX_PIXELS = 64 * 1024 * 1024  # larger inputs are refused before they are decoded
+TEMP_SUFFIX = ".internvlu-tmp"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _open_error(path: Path, exc: OSError) -> UsageError:
+    if isinstance(exc, FileNotFoundError):
+        return UsageError(f"image {path} not found; check the path")
+    if isinstance(exc, IsADirectoryError) or path.is_dir():
+        return UsageError(f"{path} is a folder, not an image; pass an image file")
+    if isinstance(exc, PermissionError):
+        return UsageError(f"cannot read {path} (permission denied); fix its permissions or copy it somewhere readable")
+    return UsageError(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """An 8-bit RGB image from a file, or a one-line `UsageError` saying what is wrong with it."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not an image; pass an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except OSError as exc:
+        if isinstance(exc, UnidentifiedImageError):
+            raise UsageError(f"{path} is not an image (or a format Pillow cannot read); pass a PNG, JPEG or WebP file") from None
+        raise _open_error(path, exc) from None
+    except Image.DecompressionBombError:
+        raise UsageError(f"{path} is too large to decode safely; downscale it below {MAX_PIXELS // 1_000_000} megapixels") from None
+    with image:
+        if image.width * image.height > MAX_PIXELS:
+            raise UsageError(f"{path} is {image.width}x{image.height}, too large to decode safely; "
+                             f"downscale it below {MAX_PIXELS // 1_000_000} megapixels")
+        if getattr(image, "is_animated", False):
+            log.warning("%s is animated; using its first frame", path)
+            image.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # a corrupt EXIF block only loses the rotation
+                log.warning("%s has unreadable EXIF data; its orientation is ignored", path)
+            return to_rgb(image)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise UsageError(f"{path} is damaged or truncated ({exc}); re-export or re-download it") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; alpha composited over white, high bit depths scaled down rather than clipped."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" and pixels.max(initial=0) <= 1.0 else 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image.copy()
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+
+def write_error(path: Path, exc: OSError) -> InternVLUError:
+    """A failed write as one line: usage errors (exit 2) for permissions, runtime errors otherwise."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InternVLUError(f"disk full while writing {path}; free some space or choose another output folder")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UsageError(f"cannot write to {path.parent} ({exc.strerror}); choose a writable output folder (--out-dir / -o)")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return UsageError(f"cannot write {path}: {exc.strerror}; check the output folder")
+    return InternVLUError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def exists_error(path: Path) -> UsageError:
+    return UsageError(f"{path} already exists; pass --overwrite to replace it, or choose another name")
+
+
+def atomic_write(path: Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write `data` to `path` through a fsynced temporary file and a rename."""
+    path = Path(path)
+    folder = path.parent
+    if not overwrite and path.exists():
+        raise exists_error(path)
+    temp = None
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o666 & ~_umask())
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            _rename_no_clobber(temp, path)
+        temp = None
+        _fsync_dir(folder)
+        return path
+    except FileExistsError:
+        raise exists_error(path) from None
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        if temp is not None:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+
+
+def _rename_no_clobber(temp: str, path: Path) -> None:
+    """Rename that fails if `path` appeared meanwhile (a hard link is atomic and never clobbers)."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # filesystems without hard links
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(temp, path)
+        return
+    os.unlink(temp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Temporary files a killed run left for `path` (a live run of the same output would clash anyway)."""
+    for temp in Path(path).parent.glob(f".{Path(path).name}.*{TEMP_SUFFIX}"):
+        try:
+            temp.unlink()
+        except OSError:
+            pass
+
+
+def png_bytes(image: Image.Image, recipe: dict | None = None) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    if recipe is not None:
+        info.add_itxt(RECIPE_KEY, json.dumps(recipe, ensure_ascii=False, sort_keys=True))
+        info.add_text("Software", f"internvlu {recipe.get('internvlu_version', '')}".strip())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(image: Image.Image, path: Path, recipe: dict | None = None, overwrite: bool = False) -> Path:
+    return atomic_write(path, png_bytes(image, recipe), overwrite)
+
+
+def read_recipe(path: str | os.PathLike) -> dict:
+    """The recipe stored by `save_png`, or a `UsageError` naming what is missing."""
+    path = Path(path).expanduser()
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(RECIPE_KEY) if image.format == "PNG" else None
+    except UnidentifiedImageError:
+        raise UsageError(f"{path} is not an image; pass a PNG written by internvlu") from None
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    if text is None:
+        raise UsageError(f"{path} carries no internvlu recipe (it was not made by internvlu, or its metadata was stripped)")
+    try:
+        recipe = json.loads(text)
+    except json.JSONDecodeError:
+        raise UsageError(f"{path} has a corrupt internvlu recipe (not JSON)") from None
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{path} has a corrupt internvlu recipe (not a JSON object)")
+    return recipe

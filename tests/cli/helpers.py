@@ -1,0 +1,60 @@
+"""Helpers for the CLI tests: paths, how to run the command line as a process, and assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "fixtures" / "golden"
+FAST = ["--size", "64x64", "--steps", "2"]  # every generation in these tests is this small
+
+
+class Result:
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    def json_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code}\nstdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-2000:]}>"
+
+
+def subprocess_env(**extra: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1", **extra}  # one thread each: tests may run two processes side by side
+    env.pop("INTERNVLU_DEBUG", None)
+    return env
+
+
+def run_cli(*args, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m internvlu ARGS` as a real process (environment from the autouse fixture)."""
+    return subprocess.run([sys.executable, "-m", "internvlu", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env(), **kwargs)
+
+
+def start_cli(*args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "internvlu", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=subprocess_env(), **kwargs)
+
+
+def pixels(path: Path) -> bytes:
+    with Image.open(path) as image:
+        return image.tobytes()
+
+
+def one_line_error(result: Result, *fragments: str) -> str:
+    """The failure is one line, `error: ...`, the last on stderr (notices may come before it), with every fragment."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], result
+    return errors[0]

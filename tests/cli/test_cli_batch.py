@@ -1,0 +1,110 @@
+"""`internvlu batch`: JSON Lines or plain prompts, one model load, bad jobs reported, --resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from .helpers import FAST, one_line_error, pixels, start_cli
+from internvlu.images import read_recipe
+
+
+def write_jobs(path, *jobs) -> str:
+    path.write_text("\n".join(j if isinstance(j, str) else json.dumps(j) for j in jobs) + "\n")
+    return str(path)
+
+
+def test_plain_prompts_from_stdin_with_a_base_seed(cli, model_dir, tmp_path):
+    result = cli("batch", "-", "--model", model_dir, *FAST, "--seed", 100, "--out-dir", "out",
+                 input="# two prompts\na red circle\n\na blue square\n")
+    assert result.code == 0, result
+    assert result.stdout.splitlines() == [os.path.join("out", "0001-a-red-circle.png"), os.path.join("out", "0002-a-blue-square.png")]
+    assert [read_recipe(p)["seed"] for p in result.stdout.splitlines()] == [100, 101]
+    assert "2 jobs: 2 ok, 0 skipped, 0 failed" in result.stderr
+
+
+def test_mixed_jobs_and_a_bad_job_in_the_middle(cli, model_dir, photo, tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"prompt": "a fox", "seed": 1, "out": "fox.png"},
+        {"mode": "edit", "prompt": "bluer", "image": "missing.png"},
+        {"mode": "edit", "prompt": "bluer", "image": str(photo), "seed": 2, "steps": 3},
+        '{"prompt": "broken json"',
+        {"prompt": "typo", "stepz": 3},
+        {"mode": "ask", "prompt": "what is it?", "image": str(photo), "out": "answer.txt"},
+        {"mode": "ask", "prompt": "and now?", "image": str(photo), "out": "answer.json"},
+        {"prompt": "same file", "out": "fox.png"},
+        {"prompt": "unknown preset", "preset": "turbo"},
+    )
+    result = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
+    assert result.code == 1, result
+    rows = result.json_lines()
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok", "failed", "failed", "ok", "ok", "failed", "failed"]
+    assert [r["line"] for r in rows] == list(range(1, 10))
+    errors = {r["job"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert "missing.png not found" in errors[2] and "not valid JSON" in errors[4] and "unknown key 'stepz'" in errors[5]
+    assert "as job 1 does" in errors[8] and "unknown preset 'turbo'" in errors[9]
+    assert os.path.isfile("out/fox.png") and read_recipe("out/fox.png")["seed"] == 1
+    edit = read_recipe("out/0003-bluer.png")
+    assert edit["command"] == "edit" and edit["steps"] == 3 and edit["width"] == 64  # the batch's --size applies
+    assert open("out/answer.txt").read().strip()
+    assert json.load(open("out/answer.json"))["question"] == "and now?"
+    assert "job 2 (line 2) failed" in result.stderr and "9 jobs: 4 ok, 0 skipped, 5 failed" in result.stderr
+
+
+def test_finished_outputs_are_refused_without_resume_and_skipped_with_it(cli, model_dir, tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.txt", "one", "two", "three")
+    assert cli("batch", jobs, "--model", model_dir, *FAST, "--seed", 5, "--out-dir", "out").code == 0
+    done = {p: open(f"out/{p}", "rb").read() for p in os.listdir("out")}
+    os.remove("out/0002-two.png")
+    again = cli("batch", jobs, "--model", model_dir, *FAST, "--seed", 5, "--out-dir", "out", "--json")
+    assert again.code == 1 and [r["status"] for r in again.json_lines()] == ["failed", "ok", "failed"]
+    assert "--resume" in again.json_lines()[0]["error"]
+    os.remove("out/0002-two.png")
+    resumed = cli("batch", jobs, "--model", model_dir, *FAST, "--seed", 5, "--out-dir", "out", "--resume", "--json")
+    assert resumed.code == 0 and [r["status"] for r in resumed.json_lines()] == ["skipped", "ok", "skipped"]
+    assert {p: open(f"out/{p}", "rb").read() for p in os.listdir("out")} == done
+    everything_done = cli("batch", jobs, "--model", "./not/loaded", "--out-dir", "out", "--resume")
+    assert everything_done.code == 0  # nothing to run: the model is never loaded
+
+
+def test_batch_usage_errors(cli, model_dir, tmp_path):
+    result = cli("batch", "absent.jsonl", "--model", model_dir)
+    assert result.code == 2
+    one_line_error(result, "absent.jsonl not found")
+    result = cli("batch", write_jobs(tmp_path / "empty.txt", "# nothing"), "--model", model_dir)
+    assert result.code == 2
+    one_line_error(result, "holds no jobs")
+    result = cli("batch", write_jobs(tmp_path / "one.txt", "x"), "--model", "./missing-model")
+    assert result.code == 2  # a model that cannot load stops the batch at once
+    one_line_error(result, "missing-model")
+
+
+def test_resume_after_the_batch_is_killed_midway(tmp_path, model_dir):
+    """SIGKILL after the first output appears, then --resume: same files as an uninterrupted run, bit for bit."""
+    jobs = write_jobs(tmp_path / "jobs.jsonl", *({"prompt": f"job {i}", "seed": i} for i in range(4)))
+    args = ("batch", jobs, "--model", model_dir, "--size", "64x64", "--steps", 150, "-q")
+    reference = start_cli(*args, "--out-dir", tmp_path / "reference")  # runs alongside the killed one
+    victim = start_cli(*args, "--out-dir", tmp_path / "killed")
+    killed = tmp_path / "killed"
+    deadline = time.monotonic() + 60
+    while not (killed.is_dir() and any(p.suffix == ".png" for p in killed.iterdir())):
+        assert victim.poll() is None and time.monotonic() < deadline, "the batch ended before any output appeared"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finished = sorted(p.name for p in killed.iterdir() if p.suffix == ".png")
+    assert 1 <= len(finished) < 4, finished
+    resumed = start_cli(*args, "--out-dir", killed, "--resume", "--json")
+    out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    statuses = [json.loads(line)["status"] for line in out.splitlines()]
+    assert statuses.count("skipped") == len(finished) and statuses.count("ok") == 4 - len(finished)
+    assert reference.wait(timeout=60) == 0
+    names = sorted(os.listdir(tmp_path / "reference"))
+    assert len(names) == 4 and sorted(os.listdir(killed)) == names  # no temporary files left over either
+    for name in names:
+        assert pixels(killed / name) == pixels(tmp_path / "reference" / name)
+        assert (killed / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()

@@ -1,0 +1,175 @@
+"""`internvlu gen` and `internvlu edit` on the tiny checkpoint: outputs, recipes, seeds, settings precedence."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+
+from PIL import Image
+from rich.console import Console
+
+from .helpers import FAST, pixels
+from internvlu import presets
+from internvlu.images import file_sha256, read_recipe
+
+
+def test_gen_writes_a_png_with_its_full_recipe(cli, model_dir):
+    result = cli("gen", "a red fox in the snow", "--model", model_dir, *FAST, "--seed", 7, "-o", "fox.png")
+    assert result.code == 0, result
+    assert result.stdout == "fox.png\n"
+    with Image.open("fox.png") as image:
+        assert image.size == (64, 64) and image.mode == "RGB"
+    recipe = read_recipe("fox.png")
+    assert recipe["prompt"] == "a red fox in the snow"
+    assert recipe["command"] == "gen" and recipe["mode"] == "image" and recipe["cot_text"] is None
+    assert (recipe["seed"], recipe["steps"], recipe["width"], recipe["height"]) == (7, 2, 64, 64)
+    assert (recipe["cfg"], recipe["part_cfg"]) == (4.5, 2.0)
+    assert recipe["model"]["kind"] == "folder" and recipe["model"]["id"] == str(model_dir)
+    assert len(recipe["model"]["folder_hash"]) == 64
+    assert recipe["internvlu_version"] and recipe["dtype"] == "float32" and recipe["device"] == "cpu"
+    assert recipe["inputs"] == []
+
+
+def test_json_output_is_one_object_per_image_and_logs_go_to_stderr(cli, model_dir):
+    result = cli("gen", "a lighthouse", "--model", model_dir, *FAST, "-n", 2, "--seed", 5, "--out-dir", "outs", "--json")
+    assert result.code == 0, result
+    lines = result.json_lines()
+    assert [r["seed"] for r in lines] == [5, 6]
+    assert [r["path"] for r in lines] == [os.path.join("outs", "a-lighthouse-5.png"), os.path.join("outs", "a-lighthouse-6.png")]
+    for r in lines:
+        assert os.path.isfile(r["path"])
+        assert r["settings"]["steps"] == 2 and r["settings"]["width"] == 64
+        assert set(r["timings"]) == {"load_s", "generate_s", "save_s"}
+        assert r["model"]["kind"] == "folder"
+    assert "loading model" in result.stderr and "\x1b[" not in result.stderr
+
+
+def test_image_k_of_n_equals_a_single_run_with_its_seed(cli, model_dir):
+    assert cli("gen", "a boat", "--model", model_dir, *FAST, "-n", 3, "--seed", 10, "--out-dir", "many").code == 0
+    assert cli("gen", "a boat", "--model", model_dir, *FAST, "--seed", 12, "-o", "single.png").code == 0
+    assert pixels("many/a-boat-12.png") == pixels("single.png")
+    assert pixels("many/a-boat-10.png") != pixels("single.png")
+    result = cli("gen", "a boat", "--model", model_dir, *FAST, "--seed", "12,10", "--out-dir", "listed")
+    assert result.code == 0 and pixels("listed/a-boat-12.png") == pixels("single.png")
+
+
+def test_from_reproduces_an_image_bit_for_bit(cli, model_dir):
+    assert cli("gen", "a castle on a hill", "--model", model_dir, *FAST, "-o", "first.png").code == 0
+    seed = read_recipe("first.png")["seed"]  # random, but recorded
+    assert isinstance(seed, int)
+    result = cli("gen", "--from", "first.png", "-o", "again.png")
+    assert result.code == 0, result
+    with open("first.png", "rb") as a, open("again.png", "rb") as b:
+        assert a.read() == b.read()  # pixels and recipe alike
+
+
+def test_from_with_chain_of_thought_and_overrides(cli, model_dir):
+    result = cli("gen", "a sign that says OPEN", "--model", model_dir, *FAST, "--cot", "--cot-tokens", 6, "--seed", 3,
+                 "-o", "sign.png")
+    assert result.code == 0, result
+    recipe = read_recipe("sign.png")
+    assert recipe["mode"] == "text_image" and recipe["max_new_tokens"] == 6
+    assert (recipe["cfg"], recipe["part_cfg"]) == (3.5, 1.5)
+    assert isinstance(recipe["cot_text"], str)
+    assert "reasoning" in result.stderr
+    assert cli("gen", "--from", "sign.png", "-o", "sign2.png").code == 0
+    assert pixels("sign.png") == pixels("sign2.png")
+    assert read_recipe("sign2.png")["cot_text"] == recipe["cot_text"]
+    assert cli("gen", "--from", "sign.png", "--steps", 3, "--seed", 4, "-o", "sign3.png").code == 0
+    changed = read_recipe("sign3.png")
+    assert (changed["steps"], changed["seed"], changed["prompt"], changed["mode"]) == (3, 4, recipe["prompt"], "text_image")
+
+
+def test_size_aspect_and_non_multiple_of_16(cli, model_dir):
+    assert cli("gen", "x", "--model", model_dir, "--steps", 1, "--size", "50x70", "-o", "odd.png").code == 0
+    with Image.open("odd.png") as image:
+        assert image.size == (50, 70)
+    assert cli("gen", "x", "--model", model_dir, "--steps", 1, "--aspect", "16:9", "-o", "wide.png").code == 0
+    expected = presets.size_for_aspect((16, 9), 96 * 64)  # the tiny model's default size is 96x64
+    with Image.open("wide.png") as image:
+        assert image.size == expected and expected[0] > expected[1]
+
+
+def test_precedence_flag_over_preset_over_config(cli, model_dir, user_dirs):
+    base = ("gen", "x", "--model", model_dir, "--size", "32x32")
+    user_dirs["config"].mkdir(parents=True)
+    (user_dirs["config"] / "config.json").write_text(json.dumps({"steps": 3, "cfg": 1.0}))
+    assert cli(*base, "-o", "config.png").code == 0
+    assert (read_recipe("config.png")["steps"], read_recipe("config.png")["cfg"]) == (3, 1.0)
+    assert cli(*base, "--preset", "fast", "-o", "preset.png").code == 0
+    assert (read_recipe("preset.png")["steps"], read_recipe("preset.png")["cfg"]) == (10, 1.0)
+    assert cli(*base, "--preset", "fast", "--steps", 2, "-o", "flag.png").code == 0
+    assert read_recipe("flag.png")["steps"] == 2 and read_recipe("flag.png")["preset"] == "fast"
+
+
+def test_config_file_names_the_default_model_and_preset(cli, model_dir, user_dirs):
+    user_dirs["config"].mkdir(parents=True)
+    (user_dirs["config"] / "config.json").write_text(json.dumps({"model": str(model_dir), "preset": "fast"}))
+    assert cli("gen", "x", "--size", "32x32", "-o", "c.png").code == 0
+    recipe = read_recipe("c.png")
+    assert recipe["model"]["id"] == str(model_dir) and recipe["steps"] == 10
+
+
+def test_edit_follows_the_input_size_and_replays_from_its_recipe(cli, model_dir, photo):
+    result = cli("edit", photo, "make the background blue", "--model", model_dir, "--steps", 2, "--seed", 1, "-o", "blue.png")
+    assert result.code == 0, result
+    with Image.open("blue.png") as image:
+        assert image.size == (96, 64)  # the input's size
+    recipe = read_recipe("blue.png")
+    assert recipe["command"] == "edit"
+    assert recipe["inputs"] == [{"path": str(photo), "sha256": file_sha256(photo), "width": 96, "height": 64}]
+    assert cli("gen", "--from", "blue.png", "-o", "blue2.png").code == 0  # inputs come from the recipe
+    assert pixels("blue.png") == pixels("blue2.png")
+    assert cli("edit", photo, "make it red", "--model", model_dir, *FAST, "-o", "red.png").code == 0
+    with Image.open("red.png") as image:
+        assert image.size == (64, 64)
+    Image.new("RGB", (96, 64), "white").save(photo)  # the input changed: refuse to pretend
+    changed = cli("gen", "--from", "blue.png", "-o", "blue3.png")
+    assert changed.code == 2 and "changed" in changed.stderr and not os.path.exists("blue3.png")
+
+
+def test_edit_with_chain_of_thought(cli, model_dir, photo):
+    result = cli("edit", photo, "add a hat", "--model", model_dir, *FAST, "--cot", "--cot-tokens", 4, "--json")
+    assert result.code == 0, result
+    (line,) = result.json_lines()
+    assert line["command"] == "edit" and line["settings"]["max_new_tokens"] == 4 and isinstance(line["cot"], str)
+
+
+def test_quiet_prints_nothing_on_stderr(cli, model_dir):
+    result = cli("gen", "x", "--model", model_dir, *FAST, "-q", "-o", "q.png")
+    assert result.code == 0 and result.stderr == "" and result.stdout == "q.png\n"
+
+
+def test_progress_bars_follow_the_denoising_steps_on_a_terminal(cli, model_dir, monkeypatch):
+    screen = io.StringIO()
+    monkeypatch.setattr("internvlu.cli.ui.stderr_console",
+                        lambda: Console(file=screen, force_terminal=True, width=100, soft_wrap=True))
+    assert cli("gen", "x", "--model", model_dir, "--size", "32x32", "--steps", 3, "-o", "bar.png").code == 0
+    assert "denoising" in screen.getvalue() and "3/3" in screen.getvalue()
+    screen.truncate(0)
+    assert cli("gen", "x", "--model", model_dir, "--size", "32x32", "--steps", 3, "-q", "-o", "nobar.png").code == 0
+    assert screen.getvalue().strip("\x00") == ""
+
+
+def test_ctrl_c_stops_between_steps_and_leaves_no_file(cli, model_dir, monkeypatch, tmp_path):
+    from internvlu.runtime.pipeline import InternVLUPipeline
+
+    original = InternVLUPipeline.__call__
+    steps_run = []
+
+    def call(self, *args, callback=None, **kwargs):
+        def interrupting(index, total, latents):
+            steps_run.append(index)
+            if index == 0:
+                os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, caught between steps
+            callback(index, total, latents)
+        return original(self, *args, callback=interrupting, **kwargs)
+
+    monkeypatch.setattr(InternVLUPipeline, "__call__", call)
+    result = cli("gen", "x", "--model", model_dir, "--size", "32x32", "--steps", 6, "--out-dir", "stopped")
+    assert result.code == 130
+    assert result.stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert steps_run == [0]
+    assert list((tmp_path / "stopped").iterdir()) == []

@@ -1,0 +1,78 @@
+"""`internvlu presets list|show`, user presets and their validation, and `internvlu info`."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from .helpers import FAST, one_line_error
+from internvlu.images import read_recipe
+
+BUILT_IN = {"fast", "balanced", "quality", "poster", "lowvram"}
+
+
+def test_presets_list_and_show(cli):
+    result = cli("presets", "list", "--json")
+    assert result.code == 0, result
+    rows = {r["name"]: r for r in result.json_lines()}
+    assert BUILT_IN <= set(rows) and all(rows[n]["source"] == "built-in" for n in BUILT_IN)
+    assert rows["poster"]["settings"]["cot"] is True and rows["lowvram"]["settings"]["dtype"] == "bfloat16"
+    table = cli("presets", "list")
+    assert table.code == 0 and all(name in table.stdout for name in BUILT_IN)
+    shown = cli("presets", "show", "poster")
+    assert shown.code == 0 and "cot: true" in shown.stdout and "Text-heavy" in shown.stdout
+    assert cli("presets", "show", "fast", "--json").json_lines()[0]["settings"] == {"steps": 10}
+
+
+def test_unknown_preset_name(cli):
+    result = cli("presets", "show", "turbo")
+    assert result.code == 2
+    one_line_error(result, "unknown preset 'turbo'", "balanced")
+
+
+def test_user_presets_are_validated(cli, model_dir, user_dirs):
+    folder = user_dirs["config"] / "presets"
+    folder.mkdir(parents=True)
+    (folder / "mine.json").write_text(json.dumps({"description": "mine", "steps": 3, "size": "32x32"}))
+    (folder / "typo.json").write_text(json.dumps({"stepz": 3}))
+    (folder / "wrong.json").write_text(json.dumps({"steps": "many"}))
+    listed = cli("presets", "list", "--json")
+    assert listed.code == 0
+    rows = {r["name"]: r for r in listed.json_lines()}
+    assert rows["mine"]["source"] == "user" and "typo" not in rows
+    assert "unknown key 'stepz'" in listed.stderr
+    result = cli("presets", "show", "typo")
+    assert result.code == 2
+    one_line_error(result, "typo.json", "unknown key 'stepz'", "allowed keys")
+    result = cli("gen", "x", "--model", model_dir, "--preset", "wrong")
+    assert result.code == 2
+    one_line_error(result, "wrong.json", "'steps' must be an integer")
+    assert cli("gen", "x", "--model", model_dir, "--preset", "mine", "-o", "mine.png").code == 0
+    recipe = read_recipe("mine.png")
+    assert (recipe["steps"], recipe["width"], recipe["preset"]) == (3, 32, "mine")
+
+
+def test_info_prints_the_recipe(cli, model_dir):
+    assert cli("gen", "a quiet harbour", "--model", model_dir, *FAST, "--seed", 9, "-o", "h.png").code == 0
+    result = cli("info", "h.png")
+    assert result.code == 0, result
+    for text in ("prompt: a quiet harbour", "seed: 9", "size: 64x64", "steps: 2", "model: ", "internvlu_version",
+                 "gen --from h.png"):
+        assert text in result.stdout
+    (as_json,) = cli("info", "h.png", "--json").json_lines()
+    assert as_json["path"] == "h.png" and as_json["seed"] == 9 and as_json["prompt"] == "a quiet harbour"
+
+
+def test_info_on_files_without_a_recipe(cli, tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    result = cli("info", "plain.png")
+    assert result.code == 2
+    one_line_error(result, "plain.png", "no internvlu recipe")
+    result = cli("info", "absent.png")
+    assert result.code == 2
+    one_line_error(result, "absent.png", "not found")
+    (tmp_path / "text.png").write_text("hi")
+    result = cli("info", "text.png")
+    assert result.code == 2
+    one_line_error(result, "not an image")

@@ -1,0 +1,61 @@
+"""The command line as a real process: help, streams, exit codes, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from .helpers import FAST, run_cli, start_cli
+from internvlu.images import read_recipe
+
+COMMANDS = [["gen"], ["edit"], ["ask"], ["batch"], ["info"], ["models"], ["models", "pull"], ["models", "list"],
+            ["models", "rm"], ["presets"], ["presets", "list"], ["presets", "show"]]
+
+
+def test_help_as_a_process(cli):
+    result = run_cli("--help")
+    assert result.returncode == 0 and result.stderr == ""
+    for command in ("gen", "edit", "ask", "batch", "models", "presets", "info"):
+        assert command in result.stdout
+    version = cli("--version")
+    assert version.code == 0 and version.stdout.startswith("internvlu 0.")
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(cli, command):
+    result = cli(*command, "--help")
+    assert result.code == 0 and "Usage: internvlu " + " ".join(command) in result.stdout
+    assert len(result.stdout.splitlines()) > 4
+
+
+def test_json_goes_to_stdout_and_logs_to_stderr(model_dir):
+    result = run_cli("gen", "a kite", "--model", model_dir, *FAST, "--seed", 3, "-n", 2, "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["seed"] for line in lines] == [3, 4]
+    assert read_recipe(lines[1]["path"])["seed"] == 4
+    assert "loading model" in result.stderr and "running on the CPU" in result.stderr
+    assert "\x1b[" not in result.stderr + result.stdout  # no colour or bars without a terminal
+
+
+def test_errors_as_a_process(tmp_path):
+    result = run_cli("edit", "missing.png", "x")
+    assert result.returncode == 2 and result.stderr.strip() == "error: image missing.png not found; check the path"
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130(model_dir, tmp_path):
+    process = start_cli("gen", "x", "--model", model_dir, "--size", "64x64", "--steps", 1000, "--out-dir", tmp_path / "out")
+    deadline = time.monotonic() + 60
+    seen = ""
+    while "generating" not in seen:  # wait until denoising has started
+        assert time.monotonic() < deadline and process.poll() is None, seen
+        seen += process.stderr.readline()
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
+    assert out == "" and list((tmp_path / "out").iterdir()) == []
