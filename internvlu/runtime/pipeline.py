@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import GenerationConfig
 
 from internvlu.errors import CheckpointError, UsageError
 from internvlu.runtime import checkpoint
@@ -216,31 +217,25 @@ class InternVLUPipeline:
 
     # ---- text ----------------------------------------------------------------------------------------
 
-    def _vit_features(self, inputs: ProcessorOutput) -> torch.Tensor | None:
-        if inputs.tiles is None:
+    def _vit_features(self, inputs: ProcessorOutput, tile_index: torch.Tensor | None = None) -> torch.Tensor | None:
+        """ViT features for the given `<img>` blocks (default: all), each distinct image encoded once."""
+        tile_index = inputs.tile_index if tile_index is None else tile_index
+        if tile_index is None or tile_index.numel() == 0:
             return None
-        features = self.vlm.extract_feature(inputs.tiles.to(self.device, self.dtype))  # once per distinct image
-        return features[inputs.tile_index.to(self.device)]
+        features = self.vlm.extract_feature(inputs.tiles.to(self.device, self.dtype))
+        return features[tile_index.to(self.device)]
 
     def _generate_text(self, inputs: ProcessorOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        generation: dict, tile_index: torch.Tensor | None = None):
-        vit = self._vit_features(inputs) if tile_index is None else self._vit_features_subset(inputs, tile_index)
+        vit = self._vit_features(inputs, tile_index)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         embeds = self.vlm.embed_prompt(input_ids, vit)
         lm = self.vlm.language_model
-        from transformers import GenerationConfig
-
         config = GenerationConfig.from_model_config(lm.config)
         config.eos_token_id = [self.tokenizer.eos_token_id, self.processor.token_ids.img_start]
         config.pad_token_id = self.processor.token_ids.pad
         return lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config,
                            use_cache=True, **generation)
-
-    def _vit_features_subset(self, inputs: ProcessorOutput, tile_index: torch.Tensor) -> torch.Tensor | None:
-        if tile_index.numel() == 0:
-            return None
-        features = self.vlm.extract_feature(inputs.tiles.to(self.device, self.dtype))
-        return features[tile_index.to(self.device)]
 
     # ---- images --------------------------------------------------------------------------------------
 
@@ -406,7 +401,7 @@ class InternVLUPipeline:
         block_offsets = torch.cat([torch.zeros(1, dtype=torch.long), blocks_per_row.cumsum(0)])
         tile_index = inputs.tile_index if inputs.tile_index is not None else torch.zeros(0, dtype=torch.long)
         chosen_blocks = torch.cat([torch.arange(block_offsets[r], block_offsets[r + 1]) for r in unique_rows]).long()
-        vit = self._vit_features_subset(inputs, tile_index[chosen_blocks]) if chosen_blocks.numel() else None
+        vit = self._vit_features(inputs, tile_index[chosen_blocks])
 
         ids_u, mask_u = input_ids[unique_rows].to(self.device), attention_mask[unique_rows].to(self.device)
         embeds = self.vlm.embed_prompt(ids_u, vit)
