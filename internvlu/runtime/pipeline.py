@@ -387,14 +387,16 @@ class InternVLUPipeline:
         # velocities: run them once.
         samples_per_branch = rows // 3
         keys = [(r % samples_per_branch, tuple(input_ids[r].tolist()), tuple(attention_mask[r].tolist())) for r in range(rows)]
+        if not self.deduplicate:
+            keys = list(range(rows))
+        position_of_key: dict = {}
         unique_rows: list[int] = []
         unique_of_row = []
         for r, key in enumerate(keys):
-            match = next((u for u in unique_rows if keys[u] == key), None) if self.deduplicate else None
-            if match is None:
+            if key not in position_of_key:
+                position_of_key[key] = len(unique_rows)
                 unique_rows.append(r)
-                match = r
-            unique_of_row.append(unique_rows.index(match))
+            unique_of_row.append(position_of_key[key])
 
         # Image blocks per row, in order; each maps to a tile and a condition image.
         blocks_per_row = (input_ids == token_ids.img_start).sum(1) - 1
