@@ -98,7 +98,6 @@ class InternVLUChatModel(nn.Module):
             embeds[slots] = features
         return embeds
 
-    @torch.no_grad()
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Entries of the transformers hidden-state tuple named by `layers`, keyed by their non-negative index."""
         decoder = self.language_model.model

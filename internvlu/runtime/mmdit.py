@@ -280,18 +280,18 @@ class InternVLUTransformerBlock(nn.Module):
         segments = [(sl, img_mod[b].chunk(6)) for b, sl in enumerate(layout.image_slices())]
         segments += [(sl, txt_mod[b].chunk(6)) for b, sl in enumerate(layout.text_slices())]
 
-        h = torch.empty_like(x)
-        for sl, (shift1, scale1, _, _, _, _) in segments:
-            h[sl] = layer_norm_fp32(x[sl]) * (1 + scale1) + shift1
+        # Segments tile the packed sequence in order, so joining per-segment results rebuilds it; no tensor is
+        # written in place, which keeps the block differentiable for training.
+        def per_segment(fn) -> torch.Tensor:
+            return torch.cat([fn(sl, *mods) for sl, mods in segments])
+
+        h = per_segment(lambda sl, shift1, scale1, *_: layer_norm_fp32(x[sl]) * (1 + scale1) + shift1)
         attn = self.attn(h, layout, freqs)
-        residual = torch.empty_like(x)
-        for sl, (_, _, gate1, shift2, scale2, _) in segments:
-            residual[sl] = x[sl] + gate1 * attn[sl]
-            h[sl] = layer_norm_fp32(residual[sl]) * (1 + scale2) + shift2
+        residual = per_segment(lambda sl, _s, _c, gate1, *_: x[sl] + gate1 * attn[sl])
+        h = per_segment(lambda sl, _s, _c, _g, shift2, scale2, _: layer_norm_fp32(residual[sl]) * (1 + scale2) + shift2)
         n_img = layout.num_image_tokens
         y = torch.cat([self.img_mlp(h[:n_img]), self.txt_mlp(h[n_img:])])
-        for sl, (_, _, _, _, _, gate2) in segments:
-            residual[sl] = residual[sl] + gate2 * y[sl]
+        residual = per_segment(lambda sl, *mods: residual[sl] + mods[5] * y[sl])
         if residual.dtype == torch.float16:
             residual = residual.clip(-65504, 65504)
         return residual

@@ -346,7 +346,6 @@ class InternVLUPipeline:
     def _chain_of_thought(self, inputs: ProcessorOutput, generation: dict):
         S = inputs.num_samples
         ids, mask = inputs.input_ids, inputs.attention_mask
-        token_ids = self.processor.token_ids
         # Room for the thoughts: the full row's span grows by (kept tokens + the final <img>).
         room = self._check_context_fits(ids[:S], mask[:S], extra_tokens=1)
         wanted = generation.get("max_new_tokens", COT_MODE_DEFAULTS["max_new_tokens"])
@@ -357,27 +356,7 @@ class InternVLUPipeline:
         full_tiles = inputs.tile_index[: inputs.tile_index.numel() // 2] if inputs.tile_index is not None else torch.zeros(0, dtype=torch.long)
         result = self._generate_text(inputs, ids[:S], mask[:S], generation, tile_index=full_tiles)
         out = result.sequences if hasattr(result, "sequences") else result
-        out = out.cpu()
-        L, T = ids.shape[1], out.shape[1]
-        kept = []
-        for r in range(S):
-            stops = [int((out[r] == tok).nonzero()[0, 0]) if (out[r] == tok).any() else T - 1
-                     for tok in (token_ids.im_end, token_ids.img_start)]
-            # The reference keeps generated tokens before index p - 1, dropping one more than the stop (P5).
-            kept.append(torch.cat([ids[r], out[r]])[: L + min(stops) - 1])
-        width = max(L, max(len(k) for k in kept))
-        rows = ids.shape[0]
-        new_ids = torch.full((rows, width + 1), token_ids.im_end, dtype=torch.long)
-        new_mask = torch.zeros((rows, width + 1), dtype=torch.long)
-        for r in range(rows):
-            if r < S:
-                row, row_mask = kept[r], torch.ones(len(kept[r]), dtype=torch.long)  # left pads attended (P5)
-            else:
-                row, row_mask = ids[r], mask[r]
-            new_ids[r, width - len(row): width] = row
-            new_mask[r, width - len(row): width] = row_mask
-        new_ids[:, width] = token_ids.img_start
-        new_mask[:, width] = 1
+        new_ids, new_mask = splice_thoughts(ids, mask, out.cpu(), self.processor.token_ids)
         return new_ids, new_mask, result
 
     def _conditioning(self, inputs: ProcessorOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Conditioning:
@@ -438,6 +417,36 @@ class InternVLUPipeline:
             samples.append(SampleInputs(context=context, context_is_image=is_image, target_grid=target,
                                         conditions=conditions, vlm_images=[vlm_grid] * len(block_ids)))
         return _Conditioning(samples=samples, row_of_unique=unique_of_row)
+
+
+def splice_thoughts(ids: torch.Tensor, mask: torch.Tensor, thoughts: torch.Tensor, token_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the head's prompt after a chain of thought (spec §5.2).
+
+    `ids`/`mask`: the 3S processor rows; `thoughts`: [S, T] generated ids of the full-condition rows.
+    The thoughts are appended to the first S rows up to their first `<|im_end|>` or `<img>`, every row is
+    left-padded with `<|im_end|>` and ends in `<img>`."""
+    S = thoughts.shape[0]
+    L, T = ids.shape[1], thoughts.shape[1]
+    kept = []
+    for r in range(S):
+        stops = [int((thoughts[r] == tok).nonzero()[0, 0]) if (thoughts[r] == tok).any() else T - 1
+                 for tok in (token_ids.im_end, token_ids.img_start)]
+        # The reference keeps generated tokens before index p - 1, dropping one more than the stop (P5).
+        kept.append(torch.cat([ids[r], thoughts[r]])[: L + min(stops) - 1])
+    width = max(L, max(len(k) for k in kept))
+    rows = ids.shape[0]
+    new_ids = torch.full((rows, width + 1), token_ids.im_end, dtype=torch.long)
+    new_mask = torch.zeros((rows, width + 1), dtype=torch.long)
+    for r in range(rows):
+        if r < S:
+            row, row_mask = kept[r], torch.ones(len(kept[r]), dtype=torch.long)  # left pads attended (P5)
+        else:
+            row, row_mask = ids[r], mask[r]
+        new_ids[r, width - len(row): width] = row
+        new_mask[r, width - len(row): width] = row_mask
+    new_ids[:, width] = token_ids.img_start
+    new_mask[:, width] = 1
+    return new_ids, new_mask
 
 
 def _initial_noise(shape, generator, device: torch.device) -> torch.Tensor:

@@ -64,7 +64,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # transformers' size unit (decimal gigabytes); a component above it is split into shards.
 SHARD_BYTES = 4 * 10**9
 VLM_SELECT_LAYER = (-2, -1)
-VIT_PATCH_SIZE = 14
+DIT_PATCH_SIZE = 2
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # Weight files per component, in the order their tensors are drawn.
 WEIGHT_STEMS = {"vlm": "model", "generation_decoder": "model", "vae": "diffusion_pytorch_model"}
@@ -157,11 +157,20 @@ class SizeSpec:
     # None: the tokenizer's size rounded up to `vocab_multiple`.
     vocab_size: int | None = None
     vocab_multiple: int = 1
+    vit_patch_size: int = 14
+    vae_z_dim: int = 16
+    vae_dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    # None leaves `timestep_scale` out of the config (the reference then uses 1.0).
+    timestep_scale: float | None = None
 
     @property
     def image_seq_length(self) -> int:
         # Pixel shuffle at ratio 0.5 merges each 2x2 block of ViT patches into one LM token.
-        return (self.image_size // VIT_PATCH_SIZE) ** 2 // 4
+        return (self.image_size // self.vit_patch_size) ** 2 // 4
+
+    @property
+    def vae_downsample_factor(self) -> int:
+        return 2 ** (len(self.vae_dim_mult) - 1)
 
     @property
     def decoder_input_width(self) -> int:
@@ -257,7 +266,7 @@ def _vlm_config(spec: SizeSpec, vocab_size: int, bos_pad_id: int, eos_id: int, d
         "num_attention_heads": spec.vision_heads,
         "num_channels": 3,
         "num_hidden_layers": spec.vision_layers,
-        "patch_size": VIT_PATCH_SIZE,
+        "patch_size": spec.vit_patch_size,
         "qk_normalization": False,
         "qkv_bias": True,
         "use_flash_attn": False,
@@ -292,21 +301,24 @@ def _vlm_config(spec: SizeSpec, vocab_size: int, bos_pad_id: int, eos_id: int, d
 
 
 def _decoder_config(spec: SizeSpec, dtype_name: str) -> dict[str, Any]:
+    head = {
+        "attention_head_dim": spec.dit_head_dim,
+        "axes_dims_rope": list(spec.axes_dims_rope),
+        "in_channels": spec.vae_z_dim * DIT_PATCH_SIZE**2,
+        "joint_attention_dim": spec.joint_attention_dim,
+        "num_attention_heads": spec.dit_heads,
+        "num_layers": spec.dit_layers,
+        "out_channels": spec.vae_z_dim,
+        "patch_size": DIT_PATCH_SIZE,
+        "video_position_scale_factor": 1.0,
+        "vlm_cond_position_scale_factor": spec.vlm_cond_position_scale_factor,
+    }
+    if spec.timestep_scale is not None:
+        head["timestep_scale"] = spec.timestep_scale
     return {
         "all_cfg_scale": 0.0,
         "architectures": ["InternVLUGenerationDecoder"],
-        "decoder_config": {
-            "attention_head_dim": spec.dit_head_dim,
-            "axes_dims_rope": list(spec.axes_dims_rope),
-            "in_channels": 64,
-            "joint_attention_dim": spec.joint_attention_dim,
-            "num_attention_heads": spec.dit_heads,
-            "num_layers": spec.dit_layers,
-            "out_channels": 16,
-            "patch_size": 2,
-            "video_position_scale_factor": 1.0,
-            "vlm_cond_position_scale_factor": spec.vlm_cond_position_scale_factor,
-        },
+        "decoder_config": head,
         "decoder_projector_type": spec.decoder_projector_type,
         "discrete_timestep": False,
         "flow_shift": 3.0,
@@ -330,8 +342,8 @@ def _decoder_config(spec: SizeSpec, dtype_name: str) -> dict[str, Any]:
         "sigmas_as_weight": False,
         "torch_dtype": dtype_name,
         "transformers_version": None,
-        "vae_downsample_factor": 8,
-        "vae_input_hidden_size": 64,
+        "vae_downsample_factor": spec.vae_downsample_factor,
+        "vae_input_hidden_size": spec.vae_z_dim * DIT_PATCH_SIZE**2,
         "vae_projector_type": "mlp2x_gelu",
         "video_position_scale_factor": 1.0,
         "visual_input_hidden_size": spec.llm_hidden,
@@ -349,6 +361,13 @@ def _vae_config(spec: SizeSpec) -> dict[str, Any]:
         if parameter.default is not inspect.Parameter.empty
     }
     values = {**defaults, "base_dim": spec.vae_base_dim, "num_res_blocks": spec.vae_res_blocks}
+    if (spec.vae_z_dim, spec.vae_dim_mult) != (defaults["z_dim"], tuple(defaults["dim_mult"])):
+        # Not the Qwen-Image VAE's shape: its latent statistics do not apply (training measures new ones).
+        levels = len(spec.vae_dim_mult) - 1
+        values.update(z_dim=spec.vae_z_dim, dim_mult=list(spec.vae_dim_mult),
+                      # Only the list's length sets the spatial factor; images have no time axis to downsample.
+                      temperal_downsample=[False] * levels,
+                      latents_mean=[0.0] * spec.vae_z_dim, latents_std=[1.0] * spec.vae_z_dim)
     return {"_class_name": "AutoencoderKLQwenImage", "_diffusers_version": diffusers.__version__, **dict(sorted(values.items()))}
 
 
@@ -386,7 +405,7 @@ def _processor_config(spec: SizeSpec) -> dict[str, Any]:
             "min_dynamic_patch": spec.min_dynamic_patch,
             "max_dynamic_patch": spec.max_dynamic_patch,
             "max_length": None,
-            "vae_downsample_factor": 8,
+            "vae_downsample_factor": spec.vae_downsample_factor,
             "temporal_patch_size": 1,
             "gen_down_sample_ratio": 0.5,
         },
@@ -398,12 +417,15 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_configs(root: Path, size: str, dtype: torch.dtype = torch.float32) -> None:
-    """Everything but the weights: model_index.json, the component configs, the scheduler and the processor."""
-    spec = _spec(size)
+def write_configs(root: Path, size: str | SizeSpec, dtype: torch.dtype = torch.float32,
+                  tokenizer_corpus: list[str] | None = None) -> None:
+    """Everything but the weights: model_index.json, the component configs, the scheduler and the processor.
+
+    `size` is a named size or a custom `SizeSpec`; `tokenizer_corpus` replaces the default BPE training text."""
+    spec = size if isinstance(size, SizeSpec) else _spec(size)
     dtype_name = str(dtype).removeprefix("torch.")
     processor = root / "processor"
-    tokenizer_size = write_tokenizer(processor, spec.learned_vocab)
+    tokenizer_size = write_tokenizer(processor, spec.learned_vocab, tokenizer_corpus)
     (processor / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
     _write_json(processor / "processor_config.json", _processor_config(spec))
     token_ids = json.loads((processor / "added_tokens.json").read_text(encoding="utf-8"))

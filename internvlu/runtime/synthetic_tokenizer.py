@@ -108,11 +108,12 @@ def _training_corpus() -> list[str]:
         f"Change the {source} {thing} to {target} and keep the background."
         for source, target, thing in itertools.product(COLOURS[:4], COLOURS[4:], OBJECTS)
     ]
+    return shape_sentences + object_sentences + edit_sentences + _template_pieces()
+
+
+def _template_pieces() -> list[str]:
     chat_lines = [f"{role}\n" for role in CHAT_ROLES]
-    template_pieces = [
-        piece for text in TEMPLATE_STRINGS for piece in _without_special_tokens(text)
-    ]
-    return shape_sentences + object_sentences + edit_sentences + chat_lines + template_pieces
+    return chat_lines + [piece for text in TEMPLATE_STRINGS for piece in _without_special_tokens(text)]
 
 
 def _special_token_entry(content: str) -> dict[str, object]:
@@ -129,11 +130,12 @@ def _write_json(path: pathlib.Path, payload: dict[str, object]) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_tokenizer(out_dir: pathlib.Path, learned_vocab_size: int = 700) -> int:
+def write_tokenizer(out_dir: pathlib.Path, learned_vocab_size: int = 700, corpus: list[str] | None = None) -> int:
     """Train the tokenizer, write it into ``out_dir`` and return the total vocabulary size.
 
     ``learned_vocab_size`` counts the 256 byte characters plus the learned merges; the corpus
-    may support fewer, in which case the learned vocabulary is smaller than asked.
+    may support fewer, in which case the learned vocabulary is smaller than asked. ``corpus``
+    replaces the built-in training text (the template strings are always added).
     """
     byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
     if learned_vocab_size < len(byte_alphabet):
@@ -161,7 +163,8 @@ def write_tokenizer(out_dir: pathlib.Path, learned_vocab_size: int = 700) -> int
         initial_alphabet=byte_alphabet,
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_training_corpus(), trainer=trainer)
+    text = _training_corpus() if corpus is None else [*corpus, *_template_pieces()]
+    tokenizer.train_from_iterator(text, trainer=trainer)
 
     # None of these strings is in the learned vocabulary (the corpus omits them and the split
     # regex separates "<" from letters), so each gets the next free id, in order.

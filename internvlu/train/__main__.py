@@ -1,0 +1,42 @@
+"""python -m internvlu.train OUT_DIR: train internvlu-nano from scratch and write it in the official layout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from internvlu.train.trainer import STAGES, Run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m internvlu.train", description=__doc__)
+    parser.add_argument("out_dir", type=Path, help="folder for the finished model (must not exist, or be empty)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/nano"),
+                        help="working folder with checkpoints, losses and curves; an interrupted run resumes from it")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's step count (e.g. 0.01 for a smoke run)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    args = parser.parse_args(argv)
+    if args.scale <= 0:
+        parser.error("--scale must be positive")
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        print(f"error: {args.out_dir} exists and is not empty; choose a new folder or remove it first", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        run = Run(args.run_dir, args.seed, args.scale, args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    plan = ", ".join(f"{s.name} {run.steps(s)}" for s in STAGES)
+    print(f"training internvlu-nano in {args.run_dir} on {run.device} (steps: {plan})")
+    run.train()
+    run.export(args.out_dir)
+    print(f"wrote {args.out_dir} in {(time.perf_counter() - start) / 60:.1f} min; loss curves: {args.run_dir / 'loss_curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

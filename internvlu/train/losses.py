@@ -1,0 +1,206 @@
+"""Training losses of internvlu-nano, each computed through the runtime's own pipeline code.
+
+- `vae_loss`: reconstruction of world images through the Qwen-Image-class VAE (MSE + L1 + a small KL).
+- `answer_loss`: next-token loss on answers: questions about an image (understanding) and chains of
+  thought after generation and edit prompts (the text `--cot` makes the model write). The prompt rows are
+  the processor's own, so training sees exactly the tokens inference does.
+- `flow_loss`: flow-matching velocity loss of the head. Conditioning comes from
+  `InternVLUPipeline._conditioning` (VLM hidden states, projector, VAE-encoded condition images), so the
+  head is trained on the inputs it gets at inference; condition dropout picks the text-dropped or
+  all-dropped CFG row the processor renders. Chain-of-thought samples are spliced exactly as inference
+  splices generated thoughts (`splice_thoughts`).
+
+Every sample is drawn from the world by a `random.Random`, skipping the held-out prompt bucket.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from internvlu.runtime.pipeline import InternVLUPipeline, splice_thoughts
+from internvlu.runtime.processor import condition_image
+from internvlu.train import world
+
+SHIFT = 3.0  # the sampler's flow shift: train on the noise levels inference visits
+BRANCH_WEIGHTS = (0.8, 0.1, 0.1)  # full condition, text dropped, all dropped
+KL_WEIGHT = 1e-6
+
+
+def _draw(rng: random.Random, make: Callable[[random.Random], tuple[str, object]]) -> object:
+    """`make` returns (held-out key, item); items whose key falls in the held-out bucket are redrawn."""
+    while True:
+        key, item = make(rng)
+        if not world.is_held_out(key):
+            return item
+
+
+def _pixels(images: list[Image.Image], pipe: InternVLUPipeline) -> torch.Tensor:
+    cfg = pipe.processor.config.generation
+    return torch.stack([condition_image(im, cfg) for im in images]).to(pipe.device)
+
+
+# ---- VAE -------------------------------------------------------------------------------------------------
+
+
+def _scene_item(rng: random.Random):
+    scene = world.random_scene(rng)
+    return world.describe(scene), scene
+
+
+def vae_loss(pipe: InternVLUPipeline, rng: random.Random, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    scenes = [_draw(rng, _scene_item) for _ in range(batch)]
+    x = _pixels([world.render(s) for s in scenes], pipe)[:, :, None]
+    model = pipe.vae.model
+    posterior = model.encode(x).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+    reconstruction = model.decode(z).sample
+    return {"vae_mse": F.mse_loss(reconstruction, x), "vae_l1": F.l1_loss(reconstruction, x),
+            "vae_kl": KL_WEIGHT * posterior.kl().mean()}
+
+
+# ---- text answers ----------------------------------------------------------------------------------------
+
+
+def _lm_loss(pipe: InternVLUPipeline, ids: torch.Tensor, mask: torch.Tensor, answers: list[list[int]],
+             vit: torch.Tensor | None) -> torch.Tensor:
+    """Cross entropy of `answers` appended to the left-padded prompt rows `ids`."""
+    pad = pipe.processor.token_ids.pad
+    rows = [ids[r][mask[r].bool()].tolist() + answer for r, answer in enumerate(answers)]
+    width = max(len(r) for r in rows)
+    full = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros_like(full)
+    labels = torch.full_like(full, -100)
+    for r, (row, answer) in enumerate(zip(rows, answers)):
+        full[r, width - len(row):] = torch.tensor(row)
+        attention[r, width - len(row):] = 1
+        labels[r, width - len(answer):] = torch.tensor(answer)
+    full, attention, labels = full.to(pipe.device), attention.to(pipe.device), labels.to(pipe.device)
+    embeds = pipe.vlm.embed_prompt(full, vit)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+    logits = pipe.vlm.language_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
+
+
+def _answer_ids(pipe: InternVLUPipeline, text: str) -> list[int]:
+    tokenizer = pipe.processor.tokenizer
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [pipe.processor.token_ids.im_end]
+
+
+def answer_loss(pipe: InternVLUPipeline, rng: random.Random, batch: int) -> dict[str, torch.Tensor]:
+    """Half understanding questions, half chains of thought (reasoning, plain and edit prompts)."""
+    losses = {}
+    qa = [_draw(rng, _question_item) for _ in range(batch)]
+    inputs = pipe.processor([q for q, _, _ in qa], [[im] for _, im, _ in qa], "text")
+    losses["qa"] = _lm_loss(pipe, inputs.input_ids, inputs.attention_mask, [_answer_ids(pipe, a) for _, _, a in qa],
+                            pipe._vit_features(inputs))
+    cot = [_draw(rng, _thought_item) for _ in range(batch)]
+    edits = [c for c in cot if c.source is not None]
+    plain = [c for c in cot if c.source is None]
+    for name, items in (("cot", plain), ("cot_edit", edits)):
+        if not items:
+            continue
+        images = [[c.source] for c in items] if name == "cot_edit" else None
+        inputs = pipe.processor([c.prompt for c in items], images, "text_image", height=world.IMAGE_SIZE, width=world.IMAGE_SIZE)
+        S = len(items)
+        tile_index = inputs.tile_index[: inputs.tile_index.numel() // 2] if inputs.tile_index is not None else None
+        losses[name] = _lm_loss(pipe, inputs.input_ids[:S], inputs.attention_mask[:S],
+                                [_answer_ids(pipe, c.thought) for c in items], pipe._vit_features(inputs, tile_index))
+    return losses
+
+
+def _question_item(rng: random.Random):
+    scene = world.random_scene(rng)
+    question, answer = world.random_question(rng, scene)
+    return world.describe(scene) + " | " + question, (question, world.render(scene), answer)
+
+
+@dataclass
+class FlowItem:
+    prompt: str
+    target: Image.Image
+    source: Image.Image | None = None
+    thought: str | None = None
+
+
+def _thought_item(rng: random.Random):
+    roll = rng.random()
+    if roll < 0.5:
+        return _reasoning_item(rng)
+    if roll < 0.75:
+        scene = world.random_scene(rng)
+        caption = world.describe(scene)
+        return caption, FlowItem(caption, world.render(scene), thought=f"The image shows {caption}.")
+    return _edit_item(rng, with_thought=True)
+
+
+def _reasoning_item(rng: random.Random):
+    scene = world.random_reasoning_scene(rng)
+    prompt, thought = world.reasoning_prompt(rng, scene)
+    return prompt, FlowItem(prompt, world.render(scene), thought=thought)
+
+
+def _caption_item(rng: random.Random, width: int, height: int):
+    scene = world.random_scene(rng)
+    caption = world.describe(scene)
+    return caption, FlowItem(caption, world.render(scene, width, height))
+
+
+def _edit_item(rng: random.Random, with_thought: bool = False, width: int = world.IMAGE_SIZE, height: int = world.IMAGE_SIZE):
+    source = world.random_edit_source(rng)
+    edit = world.random_edit(rng, source)
+    thought = f"After the edit the image shows {world.describe(edit.target)}." if with_thought else None
+    key = world.describe(source) + " | " + edit.instruction
+    return key, FlowItem(edit.instruction, world.render(edit.target, width, height), world.render(source, width, height), thought)
+
+
+# ---- flow matching ---------------------------------------------------------------------------------------
+
+
+def flow_items(rng: random.Random, task: str, batch: int, width: int, height: int) -> list[FlowItem]:
+    if task == "t2i":
+        return [_draw(rng, lambda r: _caption_item(r, width, height)) for _ in range(batch)]
+    if task == "edit":
+        return [_draw(rng, lambda r: _edit_item(r, width=width, height=height)) for _ in range(batch)]
+    if task == "reasoning":
+        return [_draw(rng, _reasoning_item) for _ in range(batch)]
+    if task == "edit_cot":
+        return [_draw(rng, lambda r: _edit_item(r, with_thought=True)) for _ in range(batch)]
+    raise ValueError(f"unknown flow task {task!r}")
+
+
+def flow_loss(pipe: InternVLUPipeline, items: list[FlowItem], rng: random.Random, generator: torch.Generator) -> torch.Tensor:
+    S = len(items)
+    width, height = items[0].target.size
+    images = [[it.source] if it.source is not None else [] for it in items]
+    with_thoughts = items[0].thought is not None
+    mode = "text_image" if with_thoughts else "image"
+    inputs = pipe.processor([it.prompt for it in items], images, mode, height=height, width=width)
+    ids, mask = inputs.input_ids, inputs.attention_mask
+    if with_thoughts:
+        thoughts = [_answer_ids(pipe, it.thought) for it in items]
+        longest = max(len(t) for t in thoughts)
+        padded = torch.full((S, longest), pipe.processor.token_ids.pad, dtype=torch.long)
+        for r, t in enumerate(thoughts):
+            padded[r, : len(t)] = torch.tensor(t)
+        ids, mask = splice_thoughts(ids, mask, padded, pipe.processor.token_ids)
+    conditioning = pipe._conditioning(inputs, ids, mask)
+    branches = rng.choices(range(3), weights=BRANCH_WEIGHTS, k=S)
+    samples = [conditioning.samples[conditioning.row_of_unique[b * S + s]] for s, b in enumerate(branches)]
+
+    with torch.no_grad():
+        x0 = pipe.vae.encode(_pixels([it.target for it in items], pipe)).float()
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    u = torch.sigmoid(torch.randn(S, generator=generator)).to(x0.device)
+    sigma = SHIFT * u / (1 + (SHIFT - 1) * u)
+    s = sigma[:, None, None, None]
+    noisy = (1 - s) * x0 + s * noise
+    head = pipe.generation_decoder.decoder
+    timestep = sigma * 1000 * head.config.timestep_scale
+    velocity = head(noisy, timestep, samples).float()
+    return F.mse_loss(velocity, noise - x0)

@@ -1,0 +1,280 @@
+"""The internvlu-nano curriculum: stages, the loop, resumable checkpoints and loss curves.
+
+    python -m internvlu.train OUT_DIR [--run-dir RUN] [--seed 0] [--scale 1.0] [--device auto]
+
+Stages (the paper's Table 3, scaled down; `--scale` multiplies every stage's step count):
+  vae       the Qwen-Image-class VAE on world images, then its latent statistics are measured
+  backbone  InternViT + Qwen3 on understanding answers and chains of thought
+  stage1    generation head only, text-to-image at 64x64
+  stage2    generation head only, any resolution, text-to-image and editing
+  stage3    everything unfrozen: generation, editing, reasoning with thoughts, answers and thoughts
+
+The run folder holds the model in the official layout (`model/`), the optimizer state
+(`optimizer.safetensors`), `progress.json` and `losses.jsonl`; a killed run resumes from the last
+checkpoint with the same data and the same result, because every step's data and noise come from
+generators seeded by (seed, stage, step). Only safetensors and JSON are read back: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from internvlu.runtime.pipeline import InternVLUPipeline
+from internvlu.train import losses, nano, world
+from internvlu.train.curves import plot_losses
+
+ANY_RESOLUTIONS = ((64, 64), (48, 80), (80, 48), (64, 96), (96, 64), (48, 48))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: int
+    lr: float
+    trainable: tuple[str, ...]  # "vae", "vision", "language", "head"
+    # task -> batch size; a step sums the losses of all its tasks
+    tasks: dict[str, int] = field(default_factory=dict)
+    any_resolution: bool = False
+
+
+STAGES = (
+    Stage("vae", 600, 1e-3, ("vae",), {"vae": 12}),
+    Stage("backbone", 1200, 1e-3, ("vision", "language"), {"answers": 16}),
+    Stage("stage1", 1600, 6e-4, ("head",), {"t2i": 24}),
+    Stage("stage2", 650, 4e-4, ("head",), {"t2i": 16, "edit": 12}, any_resolution=True),
+    Stage("stage3", 300, 2e-4, ("vision", "language", "head"),
+          {"t2i": 8, "edit": 8, "reasoning": 8, "edit_cot": 4, "answers": 8}, any_resolution=True),
+)
+WARMUP_STEPS = 40
+CHECKPOINT_EVERY = 100
+GRAD_CLIP = 1.0
+LATENT_STAT_IMAGES = 256
+SHIP_DTYPE = torch.bfloat16
+
+
+def _seeded(seed: int, stage: str, step: int) -> tuple[random.Random, torch.Generator]:
+    key = f"{seed}/{stage}/{step}"
+    return random.Random(key), torch.Generator().manual_seed(int.from_bytes(key.encode(), "little") % (1 << 62))
+
+
+def _trainable_modules(pipe: InternVLUPipeline, parts: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    table = {
+        "vae": {"vae": pipe.vae.model},
+        "vision": {"vlm.vision_model": pipe.vlm.vision_model, "vlm.mlp1": pipe.vlm.mlp1},
+        "language": {"vlm.language_model": pipe.vlm.language_model,
+                     "vlm.special_token_embedding": pipe.vlm.special_token_embedding},
+        "head": {"generation_decoder": pipe.generation_decoder},
+    }
+    return {prefix: module for part in parts for prefix, module in table[part].items()}
+
+
+def _named_parameters(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
+    named, seen = {}, set()
+    for prefix, module in modules.items():
+        for name, parameter in module.named_parameters():
+            if id(parameter) not in seen:  # tied embeddings are one parameter
+                seen.add(id(parameter))
+                named[f"{prefix}.{name}"] = parameter
+    return named
+
+
+def _learning_rate(stage: Stage, steps: int, step: int) -> float:
+    if step < WARMUP_STEPS:
+        return stage.lr * (step + 1) / WARMUP_STEPS
+    progress = (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS)
+    return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class Run:
+    """One training run in `folder`: created on first use, resumed afterwards."""
+
+    def __init__(self, folder: Path, seed: int = 0, scale: float = 1.0, device: str = "auto",
+                 log: Callable[[str], None] = print):
+        self.folder = Path(folder)
+        self.model_dir = self.folder / "model"
+        self.log = log
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        progress = self.folder / "progress.json"
+        if progress.is_file():
+            self.progress = json.loads(progress.read_text())
+            if (self.progress["seed"], self.progress["scale"]) != (seed, scale):
+                raise ValueError(f"{self.folder} holds a run with seed {self.progress['seed']} and scale "
+                                 f"{self.progress['scale']}; resume it with those values or use a new --run-dir")
+        else:
+            self.progress = {"seed": seed, "scale": scale, "completed": [], "stage": None, "step": 0}
+            self._create()
+
+    def _create(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = self.folder / ".model-init"
+        shutil.rmtree(staging, ignore_errors=True)
+        nano.write_nano_configs(staging)
+        for component, module in nano.build_modules(staging, self.progress["seed"]).items():
+            nano.save_weights(module, staging / component, nano.WEIGHT_FILES[component])
+        shutil.rmtree(self.model_dir, ignore_errors=True)
+        staging.rename(self.model_dir)
+        self._write_progress()
+
+    def _write_progress(self) -> None:
+        partial = self.folder / ".progress.json.partial"
+        partial.write_text(json.dumps(self.progress, indent=1))
+        partial.replace(self.folder / "progress.json")
+
+    def steps(self, stage: Stage) -> int:
+        return max(1, round(stage.steps * self.progress["scale"]))
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+
+    def train(self, stages: tuple[Stage, ...] = STAGES) -> None:
+        torch.set_num_threads(os.cpu_count() or 1)
+        for stage in stages:
+            if stage.name in self.progress["completed"]:
+                continue
+            self._run_stage(stage)
+        plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
+
+    def _load(self) -> InternVLUPipeline:
+        return InternVLUPipeline.from_pretrained(self.model_dir).to(self.device)
+
+    def _run_stage(self, stage: Stage) -> None:
+        pipe = self._load()
+        modules = _trainable_modules(pipe, stage.trainable)
+        parameters = _named_parameters(modules)
+        for module in modules.values():
+            module.train().requires_grad_(True)
+        optimizer = torch.optim.AdamW(parameters.values(), lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        start = 0
+        if self.progress["stage"] == stage.name:
+            start = self.progress["step"]
+            self._load_optimizer(optimizer, parameters)
+            self.log(f"[{stage.name}] resuming at step {start}")
+        total = self.steps(stage)
+        began = time.perf_counter()
+        for step in range(start, total):
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(stage, total, step)
+            rng, generator = _seeded(self.progress["seed"], stage.name, step)
+            terms = self._losses(pipe, stage, rng, generator)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters.values(), GRAD_CLIP)
+            optimizer.step()
+            self._record(stage, step, {k: float(v.detach()) for k, v in terms.items()})
+            done = step + 1
+            if done % 20 == 0 or done == total:
+                rate = (time.perf_counter() - began) / (done - start)
+                self.log(f"[{stage.name}] step {done}/{total} loss {float(loss):.4f} "
+                         f"({rate:.2f} s/step, {rate * (total - done) / 60:.1f} min left)")
+            if done % CHECKPOINT_EVERY == 0 and done < total:
+                self._checkpoint(pipe, optimizer, parameters, stage, done)
+        if stage.name == "vae":
+            self._measure_latent_statistics(pipe)
+        self.progress["completed"].append(stage.name)
+        self._checkpoint(pipe, None, parameters, None, 0)
+        plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
+
+    def _losses(self, pipe: InternVLUPipeline, stage: Stage, rng: random.Random, generator: torch.Generator) -> dict:
+        terms: dict[str, torch.Tensor] = {}
+        width, height = rng.choice(ANY_RESOLUTIONS) if stage.any_resolution else (world.IMAGE_SIZE, world.IMAGE_SIZE)
+        for task, batch in stage.tasks.items():
+            if task == "vae":
+                terms.update(losses.vae_loss(pipe, rng, batch, generator))
+            elif task == "answers":
+                terms.update(losses.answer_loss(pipe, rng, batch))
+            else:
+                items = losses.flow_items(rng, task, batch, width, height)
+                terms[task] = losses.flow_loss(pipe, items, rng, generator)
+        return terms
+
+    def _record(self, stage: Stage, step: int, terms: dict[str, float]) -> None:
+        with open(self.folder / "losses.jsonl", "a") as f:
+            f.write(json.dumps({"stage": stage.name, "step": step, **terms}) + "\n")
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+
+    def _checkpoint(self, pipe: InternVLUPipeline, optimizer, parameters, stage: Stage | None, step: int) -> None:
+        for component, module in (("vlm", pipe.vlm), ("generation_decoder", pipe.generation_decoder), ("vae", pipe.vae.model)):
+            nano.save_weights(module, self.model_dir / component, nano.WEIGHT_FILES[component])
+        if optimizer is not None:
+            tensors, steps = {}, {}
+            for name, parameter in parameters.items():
+                state = optimizer.state.get(parameter)
+                if state:
+                    tensors[f"{name}::exp_avg"] = state["exp_avg"].cpu().contiguous()
+                    tensors[f"{name}::exp_avg_sq"] = state["exp_avg_sq"].cpu().contiguous()
+                    steps[name] = float(state["step"])
+            partial = self.folder / ".optimizer.safetensors.partial"
+            save_file(tensors, str(partial), metadata={"steps": json.dumps(steps)})
+            partial.replace(self.folder / "optimizer.safetensors")
+        self.progress["stage"] = stage.name if stage else None
+        self.progress["step"] = step
+        self._write_progress()
+
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, parameters: dict) -> None:
+        path = self.folder / "optimizer.safetensors"
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            steps = json.loads(f.metadata()["steps"])
+        tensors = load_file(str(path))
+        for name, parameter in parameters.items():
+            if name in steps:
+                optimizer.state[parameter] = {
+                    "step": torch.tensor(steps[name]),
+                    "exp_avg": tensors[f"{name}::exp_avg"].to(parameter.device),
+                    "exp_avg_sq": tensors[f"{name}::exp_avg_sq"].to(parameter.device),
+                }
+
+    @torch.no_grad()
+    def _measure_latent_statistics(self, pipe: InternVLUPipeline) -> None:
+        """Per-channel mean and std of the trained VAE's latents, written where the runtime reads them."""
+        rng = random.Random(f"{self.progress['seed']}/latent-statistics")
+        pipe.vae.model.eval()
+        images = [world.render(world.random_scene(rng)) for _ in range(LATENT_STAT_IMAGES)]
+        x = losses._pixels(images, pipe)[:, :, None]
+        latents = torch.cat([pipe.vae.model.encode(part).latent_dist.mode() for part in x.split(32)])[:, :, 0]
+        mean = latents.mean(dim=(0, 2, 3))
+        std = latents.std(dim=(0, 2, 3)).clamp(min=1e-3)
+        config_path = self.model_dir / "vae" / "config.json"
+        config = json.loads(config_path.read_text())
+        config["latents_mean"] = [round(float(v), 5) for v in mean]
+        config["latents_std"] = [round(float(v), 5) for v in std]
+        partial = config_path.with_name(".config.json.partial")
+        partial.write_text(json.dumps(config, indent=2) + "\n")
+        partial.replace(config_path)
+        self.log(f"[vae] latent mean {config['latents_mean']} std {config['latents_std']}")
+
+    # ---- shipping ----------------------------------------------------------------------------------------
+
+    def export(self, out_dir: Path, dtype: torch.dtype = SHIP_DTYPE) -> None:
+        """The trained model in the official layout, weights in `dtype`, written atomically to `out_dir`."""
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder or remove it first")
+        staging = out_dir.parent / f".{out_dir.name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(self.model_dir, staging, ignore=shutil.ignore_patterns("*.safetensors", ".*"))
+        for component, stem in nano.WEIGHT_FILES.items():
+            tensors = load_file(str(self.model_dir / component / f"{stem}.safetensors"))
+            save_file({k: v.to(dtype) for k, v in tensors.items()}, str(staging / component / f"{stem}.safetensors"),
+                      metadata={"format": "pt"})
+        for name in ("loss_curves.png",):
+            if (self.folder / name).is_file():
+                shutil.copy(self.folder / name, staging / name)
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)

@@ -1,0 +1,396 @@
+"""The procedural world internvlu-nano learns: flat shapes in named colours, positions and sizes, and words.
+
+A `Scene` is the ground truth; everything else is derived from it by rules a program can check:
+`render` draws it, `describe` writes a caption for text-to-image, `edits` produce (instruction, new scene)
+pairs, `questions` produce (question, answer) pairs, and `reasoning_prompt` restates a scene indirectly
+("the colour of a ripe banana") together with the chain of thought that turns it back into a caption.
+`internvlu.train.score` reads scenes back out of pixels.
+
+Held-out split: every prompt string is hashed; the bucket `HELD_OUT_BUCKET` is never used for training,
+so evaluation prompts (drawn from that bucket only) are unseen strings, not just unseen seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field, replace
+
+from PIL import Image, ImageDraw, ImageFont
+
+IMAGE_SIZE = 64
+GRID = 3
+COLOURS = {
+    "red": (220, 38, 38),
+    "orange": (245, 140, 20),
+    "yellow": (240, 215, 30),
+    "green": (40, 165, 60),
+    "cyan": (40, 200, 215),
+    "blue": (40, 70, 220),
+    "purple": (140, 50, 190),
+    "pink": (245, 125, 195),
+}
+BACKGROUNDS = {"white": (245, 245, 245), "gray": (130, 130, 130), "black": (22, 22, 22)}
+# Textures are faint patterns over white: they never look like an object colour.
+TEXTURES = ("plain", "striped", "dotted")
+SHAPES = ("circle", "square", "triangle", "star")
+SIZES = {"small": 6, "large": 9}  # radius in pixels
+CELL_NAMES = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+CELL_PHRASES = {
+    "top left": "in the top left corner", "top": "at the top", "top right": "in the top right corner",
+    "left": "on the left", "center": "in the center", "right": "on the right",
+    "bottom left": "in the bottom left corner", "bottom": "at the bottom", "bottom right": "in the bottom right corner",
+}
+WORDS = ("OPEN", "SALE", "STOP", "SUN", "CAT", "DOG", "HOT", "NEW", "BIG", "YES", "FUN", "TOP", "MAP", "BOX",
+         "ART", "SKY", "JOY", "KEY", "ZOO", "WIN", "LOVE", "COOL", "FISH", "MILK", "RAIN", "SHOP", "TAXI", "WAVE")
+NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
+HELD_OUT_BUCKETS = 10
+HELD_OUT_BUCKET = 0
+
+# Reasoning facts: an indirect phrase and the plain value it stands for.
+COLOUR_FACTS = {
+    "a ripe banana": "yellow", "a lemon": "yellow", "a ripe tomato": "red", "a strawberry": "red",
+    "fresh grass": "green", "a lime": "green", "a clear sky": "blue", "the deep ocean": "blue",
+    "a carrot": "orange", "a pumpkin": "orange", "a grape": "purple", "lavender": "purple",
+    "a flamingo": "pink", "cotton candy": "pink", "a swimming pool": "cyan", "a turquoise gem": "cyan",
+}
+SHAPE_FACTS = {
+    "the shape with three corners": "triangle", "the shape of a pizza slice": "triangle",
+    "the shape with four equal sides": "square", "the shape of a chessboard": "square",
+    "the round shape with no corners": "circle", "the shape of a wheel": "circle",
+    "the shape with five points": "star", "the shape on a sheriff's badge": "star",
+}
+COUNT_FACTS = {
+    "as many as the wheels of a bicycle": 2, "as many as the eyes of a cat": 2,
+    "as many as the sides of a triangle": 3, "as many as the wheels of a tricycle": 3,
+    "as many as the legs of a dog": 4, "as many as the seasons of a year": 4,
+}
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    cell: tuple[int, int]  # (row, column) on the 3x3 grid
+    offset: tuple[int, int] = (0, 0)  # pixel jitter of the centre
+
+    @property
+    def cell_name(self) -> str:
+        return CELL_NAMES[self.cell[0]][self.cell[1]]
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    def centre(self, width: int = IMAGE_SIZE, height: int = IMAGE_SIZE) -> tuple[float, float]:
+        unit = min(width, height) / IMAGE_SIZE
+        return ((self.cell[1] + 0.5) * width / GRID + self.offset[0] * unit,
+                (self.cell[0] + 0.5) * height / GRID + self.offset[1] * unit)
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[Obj, ...] = ()
+    background: str = "white"
+    texture: str = "plain"
+    word: str | None = None
+    word_colour: str | None = None
+
+
+# ---- rendering -----------------------------------------------------------------------------------------
+
+
+def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    import math
+
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)]
+    if shape == "star":
+        points = []
+        for i in range(10):
+            radius = r if i % 2 == 0 else r * 0.45
+            angle = -math.pi / 2 + i * math.pi / 5
+            points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle) + r * 0.1))
+        return points
+    raise ValueError(shape)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    # Pillow's embedded FreeType font: the same glyphs on every machine, nothing to install.
+    return ImageFont.load_default(size=size)
+
+
+def render(scene: Scene, width: int = IMAGE_SIZE, height: int = IMAGE_SIZE, scale: int = 4) -> Image.Image:
+    """The scene drawn at `scale` x its size and downsampled for smooth edges; the grid stretches with
+    the canvas, shapes and letters keep the size they have on a square of the shorter side."""
+    W, H = width * scale, height * scale
+    unit = min(width, height) / IMAGE_SIZE * scale
+    base = BACKGROUNDS[scene.background]
+    image = Image.new("RGB", (W, H), base)
+    draw = ImageDraw.Draw(image)
+    faint = tuple(int(c * 0.82 + 128 * 0.18) for c in base)
+    if scene.texture == "striped":
+        for x in range(0, W, 8 * scale):
+            draw.rectangle([x, 0, x + 3 * scale - 1, H], fill=faint)
+    elif scene.texture == "dotted":
+        for y in range(4 * scale, H, 8 * scale):
+            for x in range(4 * scale, W, 8 * scale):
+                draw.ellipse([x - scale, y - scale, x + scale, y + scale], fill=faint)
+    for obj in scene.objects:
+        cx, cy = (v * scale for v in obj.centre(width, height))
+        r = SIZES[obj.size] * unit
+        colour = COLOURS[obj.colour]
+        if obj.shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        elif obj.shape == "square":
+            h = r * 0.85
+            draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=colour)
+        else:
+            draw.polygon(_shape_points(obj.shape, cx, cy, r * 1.1), fill=colour)
+    if scene.word:
+        font = _font(round((15 if len(scene.word) <= 3 else 13) * unit))
+        draw.text((W / 2, H / 2), scene.word, font=font, fill=COLOURS[scene.word_colour], anchor="mm",
+                  stroke_width=round(unit / 2) + 1, stroke_fill=COLOURS[scene.word_colour])
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+# ---- sampling scenes -----------------------------------------------------------------------------------
+
+
+def _cells(rng: random.Random, n: int) -> list[tuple[int, int]]:
+    all_cells = [(r, c) for r in range(GRID) for c in range(GRID)]
+    return rng.sample(all_cells, n)
+
+
+def _jitter(rng: random.Random) -> tuple[int, int]:
+    return (rng.randint(-2, 2), rng.randint(-2, 2))
+
+
+def _background(rng: random.Random) -> tuple[str, str]:
+    texture = rng.choices(TEXTURES, weights=(6, 1, 1))[0]
+    background = "white" if texture != "plain" else rng.choices(tuple(BACKGROUNDS), weights=(5, 2, 2))[0]
+    return background, texture
+
+
+def random_object(rng: random.Random, cell: tuple[int, int], colour: str | None = None, shape: str | None = None) -> Obj:
+    return Obj(shape or rng.choice(SHAPES), colour or rng.choice(tuple(COLOURS)), rng.choice(tuple(SIZES)), cell, _jitter(rng))
+
+
+def random_scene(rng: random.Random, kind: str | None = None) -> Scene:
+    """kinds: single, pair (one above / beside the other), count (n alike), many (2-4 listed), word."""
+    kind = kind or rng.choices(("single", "pair", "count", "many", "word"), weights=(3, 3, 2, 2, 2))[0]
+    background, texture = _background(rng)
+    if kind == "word":
+        colours = [c for c in COLOURS if background != "black" or c not in ("blue", "purple")]
+        return Scene((), background, texture, rng.choice(WORDS), rng.choice(colours))
+    if kind == "single":
+        objects = (random_object(rng, _cells(rng, 1)[0]),)
+    elif kind == "pair":
+        first, second = random_object(rng, (0, 0)), random_object(rng, (0, 0))
+        while second.name == first.name:
+            second = random_object(rng, (0, 0))
+        if rng.random() < 0.5:  # same column, different rows
+            column = rng.randrange(GRID)
+            rows = sorted(rng.sample(range(GRID), 2))
+            cells = [(rows[0], column), (rows[1], column)]
+        else:
+            row = rng.randrange(GRID)
+            columns = sorted(rng.sample(range(GRID), 2))
+            cells = [(row, columns[0]), (row, columns[1])]
+        objects = (replace(first, cell=cells[0]), replace(second, cell=cells[1]))
+    elif kind == "count":
+        n = rng.randint(2, 4)
+        colour, shape, size = rng.choice(tuple(COLOURS)), rng.choice(SHAPES), rng.choice(tuple(SIZES))
+        objects = tuple(Obj(shape, colour, size, cell, _jitter(rng)) for cell in _cells(rng, n))
+    elif kind == "many":
+        n = rng.randint(2, 4)
+        objects, names = [], set()
+        for cell in _cells(rng, n):
+            obj = random_object(rng, cell)
+            while obj.name in names:
+                obj = random_object(rng, cell)
+            names.add(obj.name)
+            objects.append(obj)
+        objects = tuple(objects)
+    else:
+        raise ValueError(f"unknown scene kind {kind!r}")
+    return Scene(objects, background, texture)
+
+
+# ---- language -------------------------------------------------------------------------------------------
+
+
+def scene_kind(scene: Scene) -> str:
+    if scene.word:
+        return "word"
+    objects = scene.objects
+    if len(objects) == 1:
+        return "single"
+    if len({o.name for o in objects}) == 1 and len({o.size for o in objects}) == 1:
+        return "count"
+    if len(objects) == 2 and (objects[0].cell[0] == objects[1].cell[0] or objects[0].cell[1] == objects[1].cell[1]):
+        return "pair"
+    return "many"
+
+
+def _article_phrase(obj: Obj, with_size: bool) -> str:
+    return f"a {obj.size} {obj.name}" if with_size else f"a {obj.name}"
+
+
+def _background_phrase(scene: Scene) -> str:
+    if scene.texture != "plain":
+        return f" on a {scene.texture} background"
+    return "" if scene.background == "white" else f" on a {scene.background} background"
+
+
+def describe(scene: Scene, rng: random.Random | None = None) -> str:
+    """A caption from which the scene (up to jitter, and the sizes it leaves out) can be drawn back."""
+    rng = rng or random.Random(0)
+    kind = scene_kind(scene)
+    suffix = _background_phrase(scene)
+    if kind == "word":
+        return f"the word {scene.word} in {scene.word_colour} letters{suffix}"
+    objects = scene.objects
+    if kind == "single":
+        return f"{_article_phrase(objects[0], True)} {CELL_PHRASES[objects[0].cell_name]}{suffix}"
+    if kind == "count":
+        o = objects[0]
+        return f"{NUMBERS[len(objects)]} {o.size} {o.colour} {o.shape}s{suffix}"
+    if kind == "pair":
+        a, b = objects
+        relation = "above" if a.cell[1] == b.cell[1] else "to the left of"
+        return f"{_article_phrase(a, True)} {relation} {_article_phrase(b, True)}{suffix}"
+    parts = [f"{_article_phrase(o, True)} {CELL_PHRASES[o.cell_name]}" for o in objects]
+    return ", ".join(parts[:-1]) + f" and {parts[-1]}{suffix}"
+
+
+def prompt_bucket(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.lower().encode()).digest()[:4], "big") % HELD_OUT_BUCKETS
+
+
+def is_held_out(text: str) -> bool:
+    return prompt_bucket(text) == HELD_OUT_BUCKET
+
+
+# ---- edits ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edit:
+    instruction: str
+    kind: str  # recolour, move, add, remove, resize, word
+    target: Scene
+    changed: tuple[Obj, ...] = field(default=())  # objects of source and target whose pixels may change
+
+
+def random_edit(rng: random.Random, source: Scene) -> Edit:
+    if source.word:
+        new_word = rng.choice([w for w in WORDS if w != source.word])
+        instruction = rng.choice((f"replace the word {source.word} with {new_word}", f"change the text to {new_word}"))
+        return Edit(instruction, "word", replace(source, word=new_word))
+    objects = list(source.objects)
+    free = [(r, c) for r in range(GRID) for c in range(GRID) if all(o.cell != (r, c) for o in objects)]
+    kinds = ["recolour", "resize", "move"] + (["remove"] if len(objects) > 1 else []) + (["add"] if len(objects) < 4 else [])
+    kind = rng.choice(kinds)
+    index = rng.randrange(len(objects))
+    obj = objects[index]
+    names = {o.name for o in objects}
+    if kind == "recolour":
+        colour = rng.choice([c for c in COLOURS if c != obj.colour and f"{c} {obj.shape}" not in names])
+        new = replace(obj, colour=colour)
+        instruction = rng.choice((f"make the {obj.name} {colour}", f"change the colour of the {obj.name} to {colour}"))
+    elif kind == "resize":
+        size = "small" if obj.size == "large" else "large"
+        new = replace(obj, size=size)
+        instruction = f"make the {obj.name} {'smaller' if size == 'small' else 'larger'}"
+    elif kind == "move":
+        cell = rng.choice(free)
+        new = replace(obj, cell=cell, offset=_jitter(rng))
+        instruction = f"move the {obj.name} to the {CELL_NAMES[cell[0]][cell[1]]}"
+    elif kind == "remove":
+        del objects[index]
+        return Edit(f"remove the {obj.name}", kind, replace(source, objects=tuple(objects)), (obj,))
+    else:
+        new = random_object(rng, rng.choice(free))
+        while new.name in names:
+            new = random_object(rng, new.cell)
+        objects.append(new)
+        return Edit(f"add {_article_phrase(new, True)} {CELL_PHRASES[new.cell_name]}", kind,
+                    replace(source, objects=tuple(objects)), (new,))
+    objects[index] = new
+    return Edit(instruction, kind, replace(source, objects=tuple(objects)), (obj, new))
+
+
+def random_edit_source(rng: random.Random) -> Scene:
+    if rng.random() < 0.15:
+        return random_scene(rng, "word")
+    background, texture = _background(rng)
+    objects, names = [], set()
+    for cell in _cells(rng, rng.randint(1, 3)):
+        obj = random_object(rng, cell)
+        while obj.name in names:
+            obj = random_object(rng, cell)
+        names.add(obj.name)
+        objects.append(obj)
+    return Scene(tuple(objects), background, texture)
+
+
+# ---- understanding ------------------------------------------------------------------------------------
+
+
+def random_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
+    """A question about `scene` with its one-phrase answer."""
+    if scene.word:
+        return rng.choice((
+            ("What word is written in the image?", scene.word),
+            ("What colour are the letters?", scene.word_colour),
+            ("What colour is the background?", scene.background if scene.texture == "plain" else "white"),
+        ))
+    objects = scene.objects
+    obj = rng.choice(objects)
+    unique_shape = sum(o.shape == obj.shape for o in objects) == 1
+    unique_colour = sum(o.colour == obj.colour for o in objects) == 1
+    options = [("How many shapes are there?", NUMBERS[len(objects)])]
+    if unique_shape:
+        options.append((f"What colour is the {obj.shape}?", obj.colour))
+    if unique_colour:
+        options.append((f"What shape is the {obj.colour} object?", obj.shape))
+    if sum(o.name == obj.name for o in objects) == 1:
+        options.append((f"Where is the {obj.name}?", obj.cell_name))
+        options.append((f"Is the {obj.name} small or large?", obj.size))
+    return rng.choice(options)
+
+
+# ---- reasoning -----------------------------------------------------------------------------------------
+
+
+def _inverse(facts: dict, value) -> list[str]:
+    return [phrase for phrase, v in facts.items() if v == value]
+
+
+def reasoning_prompt(rng: random.Random, scene: Scene) -> tuple[str, str]:
+    """(indirect prompt, chain of thought ending in the plain caption) for a single or count scene."""
+    kind = scene_kind(scene)
+    obj = scene.objects[0]
+    colour_phrase = rng.choice(_inverse(COLOUR_FACTS, obj.colour))
+    shape_phrase = rng.choice(_inverse(SHAPE_FACTS, obj.shape))
+    steps = [f"{colour_phrase[0].upper()}{colour_phrase[1:]} is {obj.colour}.",
+             f"{shape_phrase[0].upper()}{shape_phrase[1:]} is a {obj.shape}."]
+    suffix = _background_phrase(scene)
+    if kind == "count":
+        count_phrase = rng.choice(_inverse(COUNT_FACTS, len(scene.objects)))
+        steps.append(f"{count_phrase[0].upper()}{count_phrase[1:]} means {NUMBERS[len(scene.objects)]}.")
+        prompt = f"{obj.size} shapes in the colour of {colour_phrase}, {count_phrase}, each one {shape_phrase}{suffix}"
+    else:
+        prompt = f"a {obj.size} {shape_phrase.removeprefix('the ')} {CELL_PHRASES[obj.cell_name]}, in the colour of {colour_phrase}{suffix}"
+    thought = " ".join(steps) + f" So the image shows {describe(scene)}."
+    return prompt, thought
+
+
+def random_reasoning_scene(rng: random.Random) -> Scene:
+    return random_scene(rng, rng.choice(("single", "count")))
