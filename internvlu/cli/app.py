@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 import internvlu
-from internvlu.cli import ask, batch, gen, info, models, presets
+from internvlu.cli import ask, batch, evaluate, gen, info, models, presets
 from internvlu.cli import options as opt
 from internvlu.cli.ui import print_error
 from internvlu.errors import InternVLUError, UsageError
@@ -97,7 +97,7 @@ app = typer.Typer(
     cls=InternVLUGroup,
     name="internvlu",
     help="Create, edit and understand images with InternVL-U, locally.\n\n"
-         "Works out of the box with the embedded tiny model (--model tiny); `internvlu models pull` fetches "
+         "Works out of the box with the embedded nano model (--model nano); `internvlu models pull` fetches "
          "InternVL-U itself. Every image stores its recipe: `internvlu info` shows it, `gen --from` replays it.",
     no_args_is_help=True,
     add_completion=False,
@@ -126,6 +126,7 @@ app.command("edit", rich_help_panel="Create")(gen.edit)
 app.command("ask", rich_help_panel="Understand")(ask.ask)
 app.command("batch", rich_help_panel="Create")(batch.batch)
 app.command("info", rich_help_panel="Inspect")(info.info)
+app.command("eval", rich_help_panel="Inspect")(evaluate.evaluate)
 app.add_typer(models.app, name="models", rich_help_panel="Manage")
 app.add_typer(presets.app, name="presets", rich_help_panel="Manage")
 

@@ -114,7 +114,7 @@ def model_rows() -> list[dict]:
     for name in registry.EMBEDDED:
         path = registry.embedded_dir(name)
         built = (path / "model_index.json").is_file()
-        status = "ready" if built else "built on first use" if registry.embedded_available() else "unavailable"
+        status = "ready" if built else "built on first use" if registry.embedded_available(name) else "unavailable"
         rows.append({"name": name, "kind": "embedded", "revision": None, "status": status, "path": str(path),
                      "size_bytes": registry.folder_size(path) if built else 0})
     for repo in cached_repos():
@@ -166,6 +166,8 @@ def rm(
     opt.set_debug(debug)
     if name in registry.EMBEDDED:
         path = registry.embedded_dir(name)
+        if name in registry.PACKAGED:
+            registry.remove_embedded(name)  # refuses with the reason
         if not path.exists():
             raise UsageError(f"the embedded {name!r} model is not built; nothing to remove")
         confirm(f"delete {path}?", yes)

@@ -41,8 +41,9 @@ def set_debug(debug: bool) -> None:
 
 Model = Annotated[Optional[str], typer.Option(
     "--model", "-m", metavar="NAME",
-    help="'tiny' (embedded, built on first use), a checkpoint folder, or a Hugging Face repo id such as "
-         "InternVL-U/InternVL-U. Default: the config file's, else tiny.", rich_help_panel=MODEL_PANEL)]
+    help="'nano' (embedded, trained on shapes, colours and words), 'tiny' (embedded random weights, for "
+         "plumbing), a checkpoint folder, or a Hugging Face repo id such as InternVL-U/InternVL-U. "
+         "Default: the config file's, else nano.", rich_help_panel=MODEL_PANEL)]
 Device = Annotated[Optional[DeviceChoice], typer.Option(
     "--device", help="Where to run: auto picks cuda, then mps, then cpu.",
     case_sensitive=False, show_default="auto", rich_help_panel=MODEL_PANEL)]

@@ -1,7 +1,9 @@
 """What a `--model` name means, and the identity an image records for it.
 
-- `tiny`: the embedded model, a small random checkpoint of the real architecture built by
-  `internvlu.runtime.synthetic` on first use into `$INTERNVLU_HOME/models/tiny` (default
+- `nano` (the default): internvlu-nano, a small model of the real architecture trained on a procedural
+  world of shapes, colours and words (`python -m internvlu.train`); it ships inside the package.
+- `tiny`: a small random checkpoint of the real architecture (draws noise; for tests and plumbing), built
+  by `internvlu.runtime.synthetic` on first use into `$INTERNVLU_HOME/models/tiny` (default
   `~/.cache/internvlu`), under a file lock and with an atomic rename, so concurrent first runs agree.
 - an existing folder: used as is.
 - `owner/name`: a Hugging Face repo in huggingface_hub's standard cache (`internvlu models pull`).
@@ -20,8 +22,9 @@ from pathlib import Path
 
 from internvlu.errors import CheckpointError, UsageError
 
-EMBEDDED = ("tiny",)
-DEFAULT_MODEL = "tiny"
+EMBEDDED = ("nano", "tiny")
+PACKAGED = ("nano",)  # shipped inside the package; the others are built on first use
+DEFAULT_MODEL = "nano"
 HASH_WHOLE_FILES_UP_TO = 8 << 20
 HASH_EDGE_BYTES = 4 << 20
 
@@ -32,10 +35,14 @@ def home() -> Path:
 
 
 def embedded_dir(name: str) -> Path:
+    if name in PACKAGED:
+        return Path(__file__).resolve().parent.parent / "models" / name
     return home() / "models" / name
 
 
-def embedded_available() -> bool:
+def embedded_available(name: str) -> bool:
+    if name in PACKAGED:
+        return (embedded_dir(name) / "model_index.json").is_file()
     import importlib.util
 
     return importlib.util.find_spec("internvlu.runtime.synthetic") is not None
@@ -94,10 +101,13 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_embedded(name: str, notify: Callable[[str], None] = lambda _: None) -> Path:
-    """The embedded model's folder, built on first use (seed 0)."""
+    """The embedded model's folder: the packaged one, or built on first use (seed 0)."""
     final = embedded_dir(name)
     if (final / "model_index.json").is_file():
         return final
+    if name in PACKAGED:
+        raise CheckpointError(f"the {name!r} model is missing from this install ({final}); reinstall internvlu, "
+                              "or pass --model tiny, a checkpoint folder or a Hugging Face repo id")
     try:
         from internvlu.runtime.synthetic import build_checkpoint
     except ImportError:
@@ -132,6 +142,8 @@ def ensure_embedded(name: str, notify: Callable[[str], None] = lambda _: None) -
 
 
 def remove_embedded(name: str) -> bool:
+    if name in PACKAGED:
+        raise UsageError(f"the {name!r} model ships inside the package; there is nothing to remove")
     final = embedded_dir(name)
     if not final.exists():
         return False

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's step count (e.g. 0.01 for a smoke run)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many steps (checkpointed); the same command resumes")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")
@@ -32,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = ", ".join(f"{s.name} {run.steps(s)}" for s in STAGES)
     print(f"training internvlu-nano in {args.run_dir} on {run.device} (steps: {plan})")
-    run.train()
+    if not run.train(max_steps=args.max_steps):
+        print(f"stopped; checkpoint in {args.run_dir}; run the same command to continue")
+        return 0
     run.export(args.out_dir)
     print(f"wrote {args.out_dir} in {(time.perf_counter() - start) / 60:.1f} min; loss curves: {args.run_dir / 'loss_curves.png'}")
     return 0

@@ -34,7 +34,7 @@ from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import losses, nano, world
 from internvlu.train.curves import plot_losses
 
-ANY_RESOLUTIONS = ((64, 64), (48, 80), (80, 48), (64, 96), (96, 64), (48, 48))
+ANY_RESOLUTIONS = ((64, 64), (64, 96), (96, 64), (80, 80), (48, 64), (64, 48))
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,11 @@ class Stage:
 
 
 STAGES = (
-    Stage("vae", 600, 1e-3, ("vae",), {"vae": 12}),
-    Stage("backbone", 1200, 1e-3, ("vision", "language"), {"answers": 16}),
-    Stage("stage1", 1600, 6e-4, ("head",), {"t2i": 24}),
-    Stage("stage2", 650, 4e-4, ("head",), {"t2i": 16, "edit": 12}, any_resolution=True),
-    Stage("stage3", 300, 2e-4, ("vision", "language", "head"),
+    Stage("vae", 700, 2e-3, ("vae",), {"vae": 12}),
+    Stage("backbone", 900, 1e-3, ("vision", "language"), {"answers": 16}),
+    Stage("stage1", 1200, 6e-4, ("head",), {"t2i": 24}),
+    Stage("stage2", 550, 4e-4, ("head",), {"t2i": 16, "edit": 12}, any_resolution=True),
+    Stage("stage3", 250, 2e-4, ("vision", "language", "head"),
           {"t2i": 8, "edit": 8, "reasoning": 8, "edit_cot": 4, "answers": 8}, any_resolution=True),
 )
 WARMUP_STEPS = 40
@@ -138,18 +138,23 @@ class Run:
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
-    def train(self, stages: tuple[Stage, ...] = STAGES) -> None:
+    def train(self, stages: tuple[Stage, ...] = STAGES, max_steps: int | None = None) -> bool:
+        """Run the stages not yet completed; with `max_steps`, stop (checkpointed) after that many steps.
+        Returns whether every stage is complete."""
         torch.set_num_threads(os.cpu_count() or 1)
+        budget = [max_steps if max_steps is not None else math.inf]
         for stage in stages:
             if stage.name in self.progress["completed"]:
                 continue
-            self._run_stage(stage)
+            if budget[0] <= 0 or not self._run_stage(stage, budget):
+                return False
         plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
+        return True
 
     def _load(self) -> InternVLUPipeline:
         return InternVLUPipeline.from_pretrained(self.model_dir).to(self.device)
 
-    def _run_stage(self, stage: Stage) -> None:
+    def _run_stage(self, stage: Stage, budget: list) -> bool:
         pipe = self._load()
         modules = _trainable_modules(pipe, stage.trainable)
         parameters = _named_parameters(modules)
@@ -179,6 +184,11 @@ class Run:
                 rate = (time.perf_counter() - began) / (done - start)
                 self.log(f"[{stage.name}] step {done}/{total} loss {float(loss):.4f} "
                          f"({rate:.2f} s/step, {rate * (total - done) / 60:.1f} min left)")
+            budget[0] -= 1
+            if done < total and budget[0] <= 0:
+                self._checkpoint(pipe, optimizer, parameters, stage, done)
+                self.log(f"[{stage.name}] stopped after step {done} (--max-steps); run the same command to resume")
+                return False
             if done % CHECKPOINT_EVERY == 0 and done < total:
                 self._checkpoint(pipe, optimizer, parameters, stage, done)
         if stage.name == "vae":
@@ -186,6 +196,7 @@ class Run:
         self.progress["completed"].append(stage.name)
         self._checkpoint(pipe, None, parameters, None, 0)
         plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
+        return True
 
     def _losses(self, pipe: InternVLUPipeline, stage: Stage, rng: random.Random, generator: torch.Generator) -> dict:
         terms: dict[str, torch.Tensor] = {}

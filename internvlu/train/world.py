@@ -34,7 +34,7 @@ BACKGROUNDS = {"white": (245, 245, 245), "gray": (130, 130, 130), "black": (22, 
 # Textures are faint patterns over white: they never look like an object colour.
 TEXTURES = ("plain", "striped", "dotted")
 SHAPES = ("circle", "square", "triangle", "star")
-SIZES = {"small": 6, "large": 9}  # radius in pixels
+SIZES = {"small": 5, "large": 8}  # radius in pixels: objects in neighbouring cells never touch
 CELL_NAMES = (
     ("top left", "top", "top right"),
     ("left", "center", "right"),
@@ -148,7 +148,7 @@ def render(scene: Scene, width: int = IMAGE_SIZE, height: int = IMAGE_SIZE, scal
         if obj.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
         elif obj.shape == "square":
-            h = r * 0.85
+            h = r * 0.9
             draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=colour)
         else:
             draw.polygon(_shape_points(obj.shape, cx, cy, r * 1.1), fill=colour)
@@ -168,7 +168,7 @@ def _cells(rng: random.Random, n: int) -> list[tuple[int, int]]:
 
 
 def _jitter(rng: random.Random) -> tuple[int, int]:
-    return (rng.randint(-2, 2), rng.randint(-2, 2))
+    return (rng.randint(-1, 1), rng.randint(-1, 1))
 
 
 def _background(rng: random.Random) -> tuple[str, str]:
@@ -262,7 +262,7 @@ def describe(scene: Scene, rng: random.Random | None = None) -> str:
         o = objects[0]
         return f"{NUMBERS[len(objects)]} {o.size} {o.colour} {o.shape}s{suffix}"
     if kind == "pair":
-        a, b = objects
+        a, b = sorted(objects, key=lambda o: o.cell)  # upper or left one first
         relation = "above" if a.cell[1] == b.cell[1] else "to the left of"
         return f"{_article_phrase(a, True)} {relation} {_article_phrase(b, True)}{suffix}"
     parts = [f"{_article_phrase(o, True)} {CELL_PHRASES[o.cell_name]}" for o in objects]

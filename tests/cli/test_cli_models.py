@@ -1,5 +1,5 @@
-"""`internvlu models pull|list|rm`, Hugging Face repo ids through huggingface_hub's cache, and the embedded
-`tiny` model built on first use."""
+"""`internvlu models pull|list|rm`, Hugging Face repo ids through huggingface_hub's cache, the packaged
+default `nano` model and the embedded `tiny` model built on first use."""
 
 from __future__ import annotations
 
@@ -88,9 +88,21 @@ def test_pull_finds_an_already_cached_repo_offline(cli, cached_repo):
     assert row["name"] == "acme/tiny-u" and row["revision"] == COMMIT
 
 
+def test_nano_is_the_packaged_default_and_cannot_be_removed(cli, user_dirs):
+    result = cli("gen", "a red circle above a blue square", "--steps", "2", "--seed", 1, "-o", "nano.png")
+    assert result.code == 0, result
+    recipe = read_recipe("nano.png")
+    assert recipe["model"]["id"] == "nano" and recipe["model"]["kind"] == "embedded"
+    assert recipe["settings"]["width"] == recipe["settings"]["height"] == 64
+    rows = {r["name"]: r for r in cli("models", "list", "--json").json_lines()}
+    assert rows["nano"]["status"] == "ready" and rows["nano"]["size_bytes"] > 0
+    one_line_error(cli("models", "rm", "nano", "--yes"), "ships inside the package")
+    assert not (user_dirs["home"] / "models" / "nano").exists()  # nothing was built or copied
+
+
 @needs_synthetic
-def test_tiny_is_the_default_model_built_once_on_first_use(cli, user_dirs):
-    first = cli("gen", "a red circle", *FAST, "--seed", 1, "-o", "a.png")
+def test_tiny_is_built_once_on_first_use(cli, user_dirs):
+    first = cli("gen", "a red circle", "--model", "tiny", *FAST, "--seed", 1, "-o", "a.png")
     assert first.code == 0, first
     assert "building the embedded 'tiny' model" in first.stderr
     folder = user_dirs["home"] / "models" / "tiny"

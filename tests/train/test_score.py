@@ -1,0 +1,79 @@
+"""The pixel scorer reads ground-truth renders correctly, so its numbers on generated images mean something."""
+
+import random
+
+import pytest
+from PIL import Image
+
+from internvlu.train import score, world
+
+
+def test_shapes_and_colours_of_single_objects_are_read_exactly():
+    rng = random.Random(1)
+    for shape in world.SHAPES:
+        for size in world.SIZES:
+            for _ in range(6):
+                colour = rng.choice(tuple(world.COLOURS))
+                background, texture = world._background(rng)
+                obj = world.Obj(shape, colour, size, (rng.randrange(3), rng.randrange(3)), world._jitter(rng))
+                found = score.detect(world.render(world.Scene((obj,), background, texture)))
+                assert [(d.colour, d.shape, d.cell(64, 64)) for d in found] == [(colour, shape, obj.cell)]
+
+
+def test_scene_checks_pass_on_nearly_all_ground_truth_renders():
+    rng = random.Random(2)
+    scenes = [world.random_scene(rng, rng.choice(("single", "pair", "count", "many"))) for _ in range(150)]
+    passed = sum(score.scene_checks(s, world.render(s))["all"] for s in scenes)
+    assert passed >= 0.97 * len(scenes)
+
+
+def test_scene_checks_fail_on_the_wrong_picture():
+    rng = random.Random(3)
+    failures = 0
+    for _ in range(60):
+        scene = world.random_scene(rng, "single")
+        other = world.random_scene(rng, "single")
+        if other.objects[0].name == scene.objects[0].name and other.objects[0].cell == scene.objects[0].cell:
+            continue
+        failures += not score.scene_checks(scene, world.render(other))["all"]
+    assert failures >= 55
+    blank = Image.new("RGB", (64, 64), world.BACKGROUNDS["white"])
+    assert score.scene_checks(scene, blank) == {"object": False, "colour": False, "position": False, "count": False, "all": False}
+
+
+def test_edit_success_accepts_the_target_and_rejects_the_source():
+    rng = random.Random(4)
+    accepted = rejected = total = 0
+    for _ in range(80):
+        source = world.random_edit_source(rng)
+        edit = world.random_edit(rng, source)
+        if edit.kind == "word":
+            continue
+        total += 1
+        accepted += score.edit_success(edit, source, world.render(edit.target))
+        rejected += not score.edit_success(edit, source, world.render(source))
+    assert accepted >= 0.95 * total and rejected == total
+
+
+def test_preservation_psnr_ignores_the_edited_region():
+    rng = random.Random(5)
+    source = world.random_edit_source(rng)
+    edit = world.random_edit(rng, source)
+    while edit.kind == "word":
+        edit = world.random_edit(rng, source := world.random_edit_source(rng))
+    before, after = world.render(source), world.render(edit.target)
+    assert score.preservation_psnr(edit, before, after) > 40
+    noisy = Image.effect_noise((64, 64), 60).convert("RGB")
+    assert score.preservation_psnr(edit, before, noisy) < 15
+
+
+@pytest.mark.skipif(not score.tesseract_available(), reason="tesseract is not installed")
+def test_ocr_reads_most_ground_truth_words():
+    rng = random.Random(6)
+    scenes = [world.random_scene(rng, "word") for _ in range(20)]
+    assert sum(score.read_word(world.render(s)) == s.word for s in scenes) >= 16
+    assert score.read_word(Image.new("RGB", (64, 64), "white")) == ""
+
+
+def test_answers_are_compared_without_case_or_punctuation():
+    assert score.normalise_answer(" Top Left.") == score.normalise_answer("top left")

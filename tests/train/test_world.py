@@ -1,0 +1,82 @@
+"""The procedural world: captions say what is drawn, edits change what they say, the held-out split holds."""
+
+import random
+
+import pytest
+
+from internvlu.train import world
+from internvlu.train.losses import _draw, _scene_item
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pair_captions_name_the_upper_or_left_object_first(seed):
+    rng = random.Random(seed)
+    for _ in range(50):
+        scene = world.random_scene(rng, rng.choice(("pair", "many")))
+        if world.scene_kind(scene) != "pair":
+            continue
+        caption = world.describe(scene)
+        first, second = sorted(scene.objects, key=lambda o: o.cell)
+        relation = "above" if first.cell[1] == second.cell[1] else "to the left of"
+        assert caption.startswith(f"a {first.size} {first.name} {relation} a {second.size} {second.name}")
+
+
+def test_captions_are_deterministic_and_mention_every_object():
+    rng_a, rng_b = random.Random(7), random.Random(7)
+    for _ in range(100):
+        a, b = world.random_scene(rng_a), world.random_scene(rng_b)
+        assert a == b and world.describe(a) == world.describe(b)
+        caption = world.describe(a)
+        for obj in a.objects:
+            assert obj.colour in caption and obj.shape in caption
+        if a.word:
+            assert a.word in caption
+
+
+def test_objects_never_share_a_cell_and_render_at_any_size():
+    rng = random.Random(3)
+    for _ in range(200):
+        scene = world.random_scene(rng)
+        cells = [o.cell for o in scene.objects]
+        assert len(cells) == len(set(cells))
+    image = world.render(scene, 96, 64)
+    assert image.size == (96, 64) and image.mode == "RGB"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_edits_change_exactly_what_the_instruction_says(seed):
+    rng = random.Random(seed)
+    for _ in range(60):
+        source = world.random_edit_source(rng)
+        edit = world.random_edit(rng, source)
+        assert edit.target != source
+        if edit.kind == "word":
+            assert edit.target.word in edit.instruction and edit.target.objects == source.objects
+            continue
+        before, after = set(source.objects), set(edit.target.objects)
+        if edit.kind == "add":
+            assert after - before == {edit.changed[0]} and before < after
+        elif edit.kind == "remove":
+            assert before - after == {edit.changed[0]} and after < before
+        else:
+            old, new = edit.changed
+            assert before - after == {old} and after - before == {new}
+            assert old.name in edit.instruction
+        assert len({o.cell for o in edit.target.objects}) == len(edit.target.objects)
+
+
+def test_reasoning_thoughts_end_in_the_plain_caption():
+    rng = random.Random(5)
+    for _ in range(50):
+        scene = world.random_reasoning_scene(rng)
+        prompt, thought = world.reasoning_prompt(rng, scene)
+        assert thought.endswith(f"So the image shows {world.describe(scene)}.")
+        assert scene.objects[0].colour not in prompt.split(",")[0] or "colour of" in prompt
+
+
+def test_training_draws_never_come_from_the_held_out_bucket():
+    rng = random.Random(0)
+    keys = [world.describe(_draw(rng, _scene_item)) for _ in range(300)]
+    assert not any(world.is_held_out(k) for k in keys)
+    buckets = {world.prompt_bucket(f"prompt {i}") for i in range(200)}
+    assert buckets == set(range(world.HELD_OUT_BUCKETS))  # the split is a real partition
