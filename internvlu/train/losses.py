@@ -62,7 +62,15 @@ def vae_loss(pipe: InternVLUPipeline, rng: random.Random, batch: int, generator:
     x = _pixels([world.render(s) for s in scenes], pipe)[:, :, None]
     model = pipe.vae.model
     z = model.encode(x).latent_dist.mean
-    reconstruction = model.decode(z).sample
+    # diffusers clamps the decoded pixels to [-1, 1]; the loss reads the decoder's output before that clamp,
+    # where out-of-range pixels still have a gradient.
+    captured = []
+    hook = model.decoder.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        model.decode(z)
+    finally:
+        hook.remove()
+    reconstruction = torch.cat(captured, dim=2)
     background = x.flatten(2).median(dim=-1).values[..., None, None, None]
     weight = 1 + OBJECT_WEIGHT * ((x - background).abs().amax(dim=1, keepdim=True) > 0.2).float()
     error = reconstruction - x

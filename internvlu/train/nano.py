@@ -8,7 +8,7 @@ Qwen-Image-class VAE with a 4x spatial factor and 8 latent channels (64 px image
 
 `initialise` gives every parameter a training-friendly starting value: LeCun-normal matrices, zero
 biases, unit norms, small layer scales, and zero adaLN modulation and output projection in the head
-(each MMDiT block starts as the identity, as in DiT).
+(each MMDiT block starts as the identity, as in DiT); the VAE's causal convolutions start as 2-D ones.
 """
 
 from __future__ import annotations
@@ -97,8 +97,22 @@ def build_modules(root: Path, seed: int) -> dict[str, nn.Module]:
     initialise(decoder, seed + 1)
     if vlm.language_model.config.tie_word_embeddings:
         vlm.language_model.tie_weights()
-    vae = build_vae(VAEConfig.from_file(root / "vae" / "config.json"))  # diffusers' own initialisation
+    vae = build_vae(VAEConfig.from_file(root / "vae" / "config.json"))
+    _initialise_causal_convs(vae, seed + 2)
     return {"vlm": vlm, "generation_decoder": decoder, "vae": vae}
+
+
+def _initialise_causal_convs(vae: nn.Module, seed: int) -> None:
+    """On a single frame a causal 3-D conv sees only its last temporal tap (the others meet zero padding):
+    draw that tap with the fan-in of one frame and zero the rest, or the signal shrinks at every layer
+    (PyTorch's default counts all three taps) and the VAE learns several times slower."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            if parameter.dim() == 5 and parameter.shape[2] > 1:
+                fan_in = parameter.shape[1] * parameter.shape[3] * parameter.shape[4]
+                parameter.zero_()
+                parameter[:, :, -1] = torch.empty(parameter[:, :, -1].shape).normal_(0.0, fan_in**-0.5, generator=generator)
 
 
 def save_weights(module: nn.Module, folder: Path, stem: str, dtype: torch.dtype = torch.float32) -> None:

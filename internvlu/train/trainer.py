@@ -17,6 +17,7 @@ generators seeded by (seed, stage, step). Only safetensors and JSON are read bac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -49,11 +50,11 @@ class Stage:
 
 
 STAGES = (
-    Stage("vae", 700, 2e-3, ("vae",), {"vae": 12}),
-    Stage("backbone", 900, 1e-3, ("vision", "language"), {"answers": 16}),
-    Stage("stage1", 1200, 6e-4, ("head",), {"t2i": 24}),
-    Stage("stage2", 550, 4e-4, ("head",), {"t2i": 16, "edit": 12}, any_resolution=True),
-    Stage("stage3", 250, 2e-4, ("vision", "language", "head"),
+    Stage("vae", 800, 2e-3, ("vae",), {"vae": 12}),
+    Stage("backbone", 700, 1e-3, ("vision", "language"), {"answers": 16}),
+    Stage("stage1", 700, 6e-4, ("head",), {"t2i": 24}),
+    Stage("stage2", 300, 4e-4, ("head",), {"t2i": 16, "edit": 12}, any_resolution=True),
+    Stage("stage3", 150, 2e-4, ("vision", "language", "head"),
           {"t2i": 8, "edit": 8, "reasoning": 8, "edit_cot": 4, "answers": 8}, any_resolution=True),
 )
 WARMUP_STEPS = 40
@@ -65,7 +66,9 @@ SHIP_DTYPE = torch.bfloat16
 
 def _seeded(seed: int, stage: str, step: int) -> tuple[random.Random, torch.Generator]:
     key = f"{seed}/{stage}/{step}"
-    return random.Random(key), torch.Generator().manual_seed(int.from_bytes(key.encode(), "little") % (1 << 62))
+    # Hashed, so every step gets its own noise (a truncated encoding of the key would repeat within a stage).
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (1 << 62)
+    return random.Random(key), torch.Generator().manual_seed(digest)
 
 
 def _trainable_modules(pipe: InternVLUPipeline, parts: tuple[str, ...]) -> dict[str, torch.nn.Module]:
@@ -182,7 +185,7 @@ class Run:
             done = step + 1
             if done % 20 == 0 or done == total:
                 rate = (time.perf_counter() - began) / (done - start)
-                self.log(f"[{stage.name}] step {done}/{total} loss {float(loss):.4f} "
+                self.log(f"[{stage.name}] step {done}/{total} loss {float(loss.detach()):.4f} "
                          f"({rate:.2f} s/step, {rate * (total - done) / 60:.1f} min left)")
             budget[0] -= 1
             if done < total and budget[0] <= 0:

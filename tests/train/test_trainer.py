@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import nano
 from internvlu.train.__main__ import main as train_main
-from internvlu.train.trainer import Run, Stage
+from internvlu.train.trainer import Run, Stage, _seeded
 from tests.cli.helpers import run_cli
 
 SHORT = (
@@ -82,6 +82,18 @@ def test_an_interrupted_run_resumes_to_the_same_weights(short_run, tmp_path):
     assert Run(folder, seed=0, log=lambda _: None).train(SHORT)
     a, b = _weights(straight), _weights(folder)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_step_draws_its_own_data_and_noise():
+    def draw(stage, step):
+        rng, generator = _seeded(0, stage, step)
+        return rng.random(), torch.randn(4, generator=generator)
+
+    (a_rng, a_noise), (b_rng, b_noise) = draw("stage1", 1), draw("stage1", 2)
+    assert a_rng != b_rng and not torch.equal(a_noise, b_noise)
+    assert not torch.equal(draw("stage2", 1)[1], a_noise)
+    again = draw("stage1", 1)
+    assert again[0] == a_rng and torch.equal(again[1], a_noise)
 
 
 def test_a_run_folder_refuses_other_settings(short_run):
