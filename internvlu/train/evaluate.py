@@ -22,9 +22,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from internvlu.runtime.pipeline import InternVLUPipeline
-from internvlu.runtime.processor import condition_image
 from internvlu.runtime.vae import to_uint8_images
 from internvlu.train import score, world
+from internvlu.train.losses import target_pixels
 
 TASKS = ("t2i", "words", "edit", "qa", "reasoning")
 GRID_COLUMNS = 8
@@ -134,12 +134,11 @@ class Evaluator:
         return report
 
     def _reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
-        cfg = self.pipe.processor.config.generation
         out = []
         for start in range(0, len(images), self.settings.batch):
-            pixels = torch.stack([condition_image(im, cfg) for im in images[start: start + self.settings.batch]])
+            pixels = target_pixels(images[start: start + self.settings.batch], self.pipe)
             with torch.no_grad():
-                decoded = self.pipe.vae.decode(self.pipe.vae.encode(pixels.to(self.pipe.device, self.pipe.vae.dtype)))
+                decoded = self.pipe.vae.decode(self.pipe.vae.encode(pixels))
             out += [Image.fromarray(a.numpy(), "RGB") for a in to_uint8_images(decoded)]
         return out
 

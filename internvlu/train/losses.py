@@ -41,7 +41,8 @@ def _draw(rng: random.Random, make: Callable[[random.Random], tuple[str, object]
             return item
 
 
-def _pixels(images: list[Image.Image], pipe: InternVLUPipeline) -> torch.Tensor:
+def target_pixels(images: list[Image.Image], pipe: InternVLUPipeline) -> torch.Tensor:
+    """Images as the VAE takes them: the processor's condition-image tensors, on the model's device."""
     cfg = pipe.processor.config.generation
     return torch.stack([condition_image(im, cfg) for im in images]).to(pipe.device)
 
@@ -54,12 +55,11 @@ def _scene_item(rng: random.Random):
     return world.describe(scene), scene
 
 
-def vae_loss(pipe: InternVLUPipeline, rng: random.Random, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def vae_loss(pipe: InternVLUPipeline, rng: random.Random, batch: int) -> dict[str, torch.Tensor]:
     """A deterministic autoencoder loss on the posterior mean, with object pixels weighted up: they are a
     few percent of each image, and an unweighted loss settles on the background and grey blobs."""
-    del generator  # the mean is used, no sampling
     scenes = [_draw(rng, _scene_item) for _ in range(batch)]
-    x = _pixels([world.render(s) for s in scenes], pipe)[:, :, None]
+    x = target_pixels([world.render(s) for s in scenes], pipe)[:, :, None]
     model = pipe.vae.model
     z = model.encode(x).latent_dist.mean
     # diffusers clamps the decoded pixels to [-1, 1]; the loss reads the decoder's output before that clamp,
@@ -208,7 +208,7 @@ def flow_loss(pipe: InternVLUPipeline, items: list[FlowItem], rng: random.Random
     samples = [conditioning.samples[conditioning.row_of_unique[b * S + s]] for s, b in enumerate(branches)]
 
     with torch.no_grad():
-        x0 = pipe.vae.encode(_pixels([it.target for it in items], pipe)).float()
+        x0 = pipe.vae.encode(target_pixels([it.target for it in items], pipe)).float()
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     u = torch.sigmoid(torch.randn(S, generator=generator)).to(x0.device)
     sigma = SHIFT * u / (1 + (SHIFT - 1) * u)

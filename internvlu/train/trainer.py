@@ -206,7 +206,7 @@ class Run:
         width, height = rng.choice(ANY_RESOLUTIONS) if stage.any_resolution else (world.IMAGE_SIZE, world.IMAGE_SIZE)
         for task, batch in stage.tasks.items():
             if task == "vae":
-                terms.update(losses.vae_loss(pipe, rng, batch, generator))
+                terms.update(losses.vae_loss(pipe, rng, batch))
             elif task == "answers":
                 terms.update(losses.answer_loss(pipe, rng, batch))
             else:
@@ -259,7 +259,7 @@ class Run:
         rng = random.Random(f"{self.progress['seed']}/latent-statistics")
         pipe.vae.model.eval()
         images = [world.render(world.random_scene(rng)) for _ in range(LATENT_STAT_IMAGES)]
-        x = losses._pixels(images, pipe)[:, :, None]
+        x = losses.target_pixels(images, pipe)[:, :, None]
         latents = torch.cat([pipe.vae.model.encode(part).latent_dist.mode() for part in x.split(32)])[:, :, 0]
         mean = latents.mean(dim=(0, 2, 3))
         std = latents.std(dim=(0, 2, 3)).clamp(min=1e-3)
