@@ -58,7 +58,7 @@ STAGES = (
           {"t2i": 8, "edit": 8, "reasoning": 8, "edit_cot": 4, "answers": 8}, any_resolution=True),
 )
 WARMUP_STEPS = 40
-CHECKPOINT_EVERY = 100
+CHECKPOINT_SECONDS = 120.0  # by wall time: a fast GPU step would otherwise spend its time writing checkpoints
 GRAD_CLIP = 1.0
 LATENT_STAT_IMAGES = 256
 SHIP_DTYPE = torch.bfloat16
@@ -170,7 +170,7 @@ class Run:
             self._load_optimizer(optimizer, parameters)
             self.log(f"[{stage.name}] resuming at step {start}")
         total = self.steps(stage)
-        began = time.perf_counter()
+        began = last_checkpoint = time.perf_counter()
         for step in range(start, total):
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(stage, total, step)
@@ -192,8 +192,9 @@ class Run:
                 self._checkpoint(pipe, optimizer, parameters, stage, done)
                 self.log(f"[{stage.name}] stopped after step {done} (--max-steps); run the same command to resume")
                 return False
-            if done % CHECKPOINT_EVERY == 0 and done < total:
+            if done < total and time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
                 self._checkpoint(pipe, optimizer, parameters, stage, done)
+                last_checkpoint = time.perf_counter()
         if stage.name == "vae":
             self._measure_latent_statistics(pipe)
         self.progress["completed"].append(stage.name)
