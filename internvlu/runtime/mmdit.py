@@ -1,14 +1,15 @@
 """The MMDiT generation head (`InternVLUTransformer2DModel`, state-dict names under `decoder.`).
 
-One packed sequence per sample, `[target latent tokens][VAE-condition tokens][VLM context tokens]`,
-attention restricted to each sample's segment. Image tokens (target and conditions) use the `img_*` /
+One sequence per sample, `[target latent tokens][VAE-condition tokens][VLM context tokens]`, padded
+to a batch whose padding is masked out of attention. Image tokens (target and conditions) use the `img_*` /
 `to_*` weights, context tokens the `txt_*` / `add_*` weights (spec §6).
 
 Unlike the reference, which runs both weight sets on every token and then selects, each token only
-goes through its own weights: the tokens are held type-major (all image tokens, then all context tokens)
-so each projection is one matmul over a contiguous slice, and a sample's segment is re-assembled in
-the reference order `[image | context]` only for attention. Results agree with the reference to float
-rounding (same maths, same attention order).
+goes through its own weights: image and context tokens are held as two padded tensors, so each
+projection is one matmul, and they are joined in the reference order `[image | context]` only for
+attention. Results agree with the reference to float rounding (same maths, same attention order).
+`denoise_tokens` is the whole step on plain tensors: the torch path, training and the ONNX export all
+run it.
 
 RoPE is the reference's 3-axis "UnifiedMSRoPE" with interleaved (real, imag) pairs; `rope_positions`
 reproduces its position walk (`create_position_ids_3d_v3`) including the VLM-image rescaling.
@@ -180,42 +181,18 @@ def rope_frequencies(positions: torch.Tensor, axes_dims: Sequence[int]) -> torch
     return torch.cat(parts, dim=-1)
 
 
-def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """x [T, H, Dh] rotated as Dh/2 complex numbers made of adjacent (real, imag) pairs."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * freqs[:, None, :]).flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, N, Dh] rotated as Dh/2 (real, imag) pairs by the angles whose cos/sin are [B, N, Dh/2].
+
+    Written with real arithmetic (the complex product spelled out) so that it exports to ONNX."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, None], sin[:, None]
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
 
 
 # ---- attention and block -----------------------------------------------------------------------------
-
-
-@dataclass
-class PackedLayout:
-    """Where each sample's tokens live in the type-major token tensor.
-
-    Image tokens of all samples come first (sample by sample), then all context tokens."""
-
-    image_lengths: list[int]
-    text_lengths: list[int]
-    target_lengths: list[int]
-
-    @property
-    def num_image_tokens(self) -> int:
-        return sum(self.image_lengths)
-
-    def image_slices(self) -> list[slice]:
-        return _slices(self.image_lengths, 0)
-
-    def text_slices(self) -> list[slice]:
-        return _slices(self.text_lengths, self.num_image_tokens)
-
-
-def _slices(lengths: Sequence[int], offset: int) -> list[slice]:
-    out = []
-    for n in lengths:
-        out.append(slice(offset, offset + n))
-        offset += n
-    return out
 
 
 class AttentionVE(nn.Module):
@@ -238,30 +215,27 @@ class AttentionVE(nn.Module):
         self.norm_added_k = RMSNorm(head_dim)
 
     def _project(self, h, to_q, to_k, to_v, norm_q, norm_k):
-        T = h.shape[0]
-        query_gate = to_q(h).reshape(T, self.heads, 2 * self.head_dim)
-        q, gate = query_gate[..., : self.head_dim], query_gate[..., self.head_dim :].reshape(T, -1)
-        k = to_k(h).reshape(T, self.heads, self.head_dim)
-        v = to_v(h).reshape(T, self.heads, self.head_dim)
+        B, N = h.shape[:2]
+        query_gate = to_q(h).reshape(B, N, self.heads, 2 * self.head_dim)
+        q, gate = query_gate[..., : self.head_dim], query_gate[..., self.head_dim :].reshape(B, N, -1)
+        k = to_k(h).reshape(B, N, self.heads, self.head_dim)
+        v = to_v(h).reshape(B, N, self.heads, self.head_dim)
         return norm_q(q), norm_k(k), v, gate
 
-    def forward(self, h: torch.Tensor, layout: PackedLayout, freqs: torch.Tensor) -> torch.Tensor:
+    def forward(self, h_img: torch.Tensor, h_txt: torch.Tensor, key_mask: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint attention of each sample's [image | context] tokens; `key_mask` [B, 1, 1, N] hides padding."""
         dtype = self.to_v.weight.dtype
-        n_img = layout.num_image_tokens
-        img = self._project(h[:n_img], self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
-        txt = self._project(h[n_img:], self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k)
-        q, k, v, gate = (torch.cat([a, b]).to(dtype) for a, b in zip(img, txt))
-        q, k = apply_rope(q, freqs), apply_rope(k, freqs)
-        out = torch.empty_like(v)
-        for image_slice, text_slice in zip(layout.image_slices(), layout.text_slices()):
-            rows = torch.cat([torch.arange(image_slice.start, image_slice.stop), torch.arange(text_slice.start, text_slice.stop)])
-            rows = rows.to(h.device)
-            # [1, H, T_b, Dh]; attention inside one sample only, in the reference order [image | context].
-            o = F.scaled_dot_product_attention(*(t[rows].transpose(0, 1)[None] for t in (q, k, v)))
-            out[rows] = o[0].transpose(0, 1)
-        out = out.reshape(out.shape[0], -1)
-        projected = torch.cat([self.to_out[0](out[:n_img]), self.to_add_out(out[n_img:])])
-        return projected * torch.sigmoid(gate)
+        n_img = h_img.shape[1]
+        img = self._project(h_img, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+        txt = self._project(h_txt, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k)
+        q, k, v, gate = (torch.cat([a, b], dim=1).to(dtype) for a, b in zip(img, txt))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, Dh]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        out = out.transpose(1, 2).flatten(2)
+        gate = torch.sigmoid(gate)
+        return self.to_out[0](out[:, :n_img]) * gate[:, :n_img], self.to_add_out(out[:, n_img:]) * gate[:, n_img:]
 
 
 class InternVLUTransformerBlock(nn.Module):
@@ -273,28 +247,20 @@ class InternVLUTransformerBlock(nn.Module):
         self.img_mlp = FeedForward(dim)
         self.txt_mlp = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, layout: PackedLayout, freqs: torch.Tensor) -> torch.Tensor:
-        # Each segment (one sample's image or context tokens) shares one modulation vector, applied by
-        # broadcasting instead of materialising a [T, 6D] per-token table.
-        img_mod, txt_mod = self.img_mod(temb), self.txt_mod(temb)
-        segments = [(sl, img_mod[b].chunk(6)) for b, sl in enumerate(layout.image_slices())]
-        segments += [(sl, txt_mod[b].chunk(6)) for b, sl in enumerate(layout.text_slices())]
-
-        # Segments tile the packed sequence in order, so joining per-segment results rebuilds it; no tensor is
-        # written in place, which keeps the block differentiable for training.
-        def per_segment(fn) -> torch.Tensor:
-            return torch.cat([fn(sl, *mods) for sl, mods in segments])
-
-        h = per_segment(lambda sl, shift1, scale1, *_: layer_norm_fp32(x[sl]) * (1 + scale1) + shift1)
-        attn = self.attn(h, layout, freqs)
-        residual = per_segment(lambda sl, _s, _c, gate1, *_: x[sl] + gate1 * attn[sl])
-        h = per_segment(lambda sl, _s, _c, _g, shift2, scale2, _: layer_norm_fp32(residual[sl]) * (1 + scale2) + shift2)
-        n_img = layout.num_image_tokens
-        y = torch.cat([self.img_mlp(h[:n_img]), self.txt_mlp(h[n_img:])])
-        residual = per_segment(lambda sl, *mods: residual[sl] + mods[5] * y[sl])
-        if residual.dtype == torch.float16:
-            residual = residual.clip(-65504, 65504)
-        return residual
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, key_mask: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One modulation vector per sample, broadcast over its tokens.
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.img_mod(temb)[:, None].chunk(6, dim=-1)
+        t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(temb)[:, None].chunk(6, dim=-1)
+        attn_img, attn_txt = self.attn(layer_norm_fp32(img) * (1 + scale1) + shift1,
+                                       layer_norm_fp32(txt) * (1 + t_scale1) + t_shift1, key_mask, cos, sin)
+        img = img + gate1 * attn_img
+        txt = txt + t_gate1 * attn_txt
+        img = img + gate2 * self.img_mlp(layer_norm_fp32(img) * (1 + scale2) + shift2)
+        txt = txt + t_gate2 * self.txt_mlp(layer_norm_fp32(txt) * (1 + t_scale2) + t_shift2)
+        if img.dtype == torch.float16:
+            img, txt = img.clip(-65504, 65504), txt.clip(-65504, 65504)
+        return img, txt
 
 
 class AdaLayerNormContinuous(nn.Module):
@@ -303,9 +269,8 @@ class AdaLayerNormContinuous(nn.Module):
         self.silu = nn.SiLU()
         self.linear = nn.Linear(dim, 2 * dim)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        emb = self.linear(self.silu(temb)).float()
-        emb = emb.repeat_interleave(torch.tensor(lengths, device=emb.device), dim=0)
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        emb = self.linear(self.silu(temb)).float()[:, None]
         scale, shift = emb.chunk(2, dim=-1)  # scale first, unlike the blocks
         return (F.layer_norm(x.float(), (x.shape[-1],), eps=NORM_EPS) * (1 + scale) + shift).to(x.dtype)
 
@@ -315,7 +280,7 @@ class AdaLayerNormContinuous(nn.Module):
 
 @dataclass
 class SampleInputs:
-    """One packed sample for the head.
+    """One sample for the head.
 
     context: [L, joint_attention_dim] projected VLM states; context_is_image: [L] bool (VLM image tokens);
     target_grid: (h, w) in latent units; conditions: VAE latents [16, hc, wc] of the input images;
@@ -326,6 +291,29 @@ class SampleInputs:
     target_grid: tuple[int, int]
     conditions: Sequence[torch.Tensor] = ()
     vlm_images: Sequence[tuple[int, int, int]] = ()
+
+
+@dataclass
+class PreparedBatch:
+    """The step-invariant tensors of a padded batch; each sample's slots are [target | conditions | context].
+
+    Padding slots are hidden by `valid` and get RoPE angle 0. `target_lengths` says how many of the first
+    image slots of each sample are its target tokens."""
+
+    target_lengths: list[int]
+    target_slots: int
+    condition_tokens: torch.Tensor  # [B, C, in_channels] patchified VAE conditions (C may be 0)
+    context: torch.Tensor  # [B, T, joint_attention_dim]
+    valid: torch.Tensor  # [B, target_slots + C + T] bool
+    cos: torch.Tensor  # [B, same, head_dim / 2]
+    sin: torch.Tensor
+
+
+def _pad_stack(rows: Sequence[torch.Tensor], length: int, fill: float = 0.0) -> torch.Tensor:
+    out = rows[0].new_full((len(rows), length, *rows[0].shape[1:]), fill)
+    for b, row in enumerate(rows):
+        out[b, : row.shape[0]] = row
+    return out
 
 
 class InternVLUTransformer2DModel(nn.Module):
@@ -340,6 +328,8 @@ class InternVLUTransformer2DModel(nn.Module):
         self.transformer_blocks = nn.ModuleList(InternVLUTransformerBlock(D, Dh) for _ in range(config.num_layers))
         self.norm_out = AdaLayerNormContinuous(D)
         self.proj_out = nn.Linear(D, config.patch_size**2 * config.out_channels)
+        # The denoise step's tensor function; an exported backend (ONNX Runtime, TensorRT) replaces it.
+        self.step = self.denoise_tokens
 
     @property
     def dtype(self) -> torch.dtype:
@@ -353,58 +343,64 @@ class InternVLUTransformer2DModel(nn.Module):
         C = x.shape[0]
         return x.reshape(C, gh // p, p, gw // p, p).permute(1, 3, 0, 2, 4).reshape((gh // p) * (gw // p), C * p * p)
 
-    def prepare(self, samples: Sequence[SampleInputs], device: torch.device) -> tuple[PackedLayout, torch.Tensor]:
-        """Layout and RoPE factors of a batch; they do not change across denoising steps."""
+    def prepare(self, samples: Sequence[SampleInputs], device: torch.device) -> PreparedBatch:
+        """Padding, masks and RoPE angles of a batch; they do not change across denoising steps."""
         p = self.config.patch_size
-        image_lengths, text_lengths, target_lengths, positions = [], [], [], []
-        for s in samples:
-            gh, gw = s.target_grid
-            blocks = [(1, gh // p, gw // p)] + [(1, c.shape[-2] // p, c.shape[-1] // p) for c in s.conditions]
-            n_image = sum(f * h * w for f, h, w in blocks)
-            flags = torch.cat([torch.ones(n_image, dtype=torch.bool), s.context_is_image.cpu().bool()])
+        dtype = self.dtype
+        target_lengths = [(s.target_grid[0] // p) * (s.target_grid[1] // p) for s in samples]
+        conditions = [torch.cat([self._patchify(c.to(dtype), tuple(c.shape[-2:])) for c in s.conditions])
+                      if s.conditions else torch.zeros(0, self.config.in_channels, dtype=dtype, device=device) for s in samples]
+        G, C = max(target_lengths), max(c.shape[0] for c in conditions)
+        T = max(s.context.shape[0] for s in samples)
+        valid = torch.zeros(len(samples), G + C + T, dtype=torch.bool)
+        positions = torch.zeros(len(samples), G + C + T, 3)
+        for b, s in enumerate(samples):
+            blocks = [(1, s.target_grid[0] // p, s.target_grid[1] // p)] + [(1, c.shape[-2] // p, c.shape[-1] // p) for c in s.conditions]
+            n_target, n_cond, n_text = target_lengths[b], conditions[b].shape[0], s.context.shape[0]
+            flags = torch.cat([torch.ones(n_target + n_cond, dtype=torch.bool), s.context_is_image.cpu().bool()])
             pos = rope_positions(blocks, s.vlm_images, flags, self.config.video_position_scale_factor,
                                  self.config.vlm_cond_position_scale_factor)
-            positions.append((pos[:n_image], pos[n_image:]))
-            image_lengths.append(n_image)
-            text_lengths.append(s.context.shape[0])
-            target_lengths.append((gh // p) * (gw // p))
-        type_major = torch.cat([p_img for p_img, _ in positions] + [p_txt for _, p_txt in positions])
-        freqs = rope_frequencies(type_major, self.config.axes_dims_rope).to(device)
-        return PackedLayout(image_lengths, text_lengths, target_lengths), freqs
+            for start, first, n in ((0, 0, n_target), (G, n_target, n_cond), (G + C, n_target + n_cond, n_text)):
+                valid[b, start : start + n] = True
+                positions[b, start : start + n] = pos[first : first + n]
+        freqs = rope_frequencies(positions.flatten(0, 1), self.config.axes_dims_rope).reshape(len(samples), G + C + T, -1)
+        return PreparedBatch(
+            target_lengths=target_lengths, target_slots=G,
+            condition_tokens=_pad_stack(conditions, C).to(device),
+            context=_pad_stack([s.context for s in samples], T).to(device, dtype),
+            valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device))
 
-    def forward(
-        self,
-        latents: torch.Tensor,
-        timestep: torch.Tensor,
-        samples: Sequence[SampleInputs],
-        prepared: tuple[PackedLayout, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, samples: Sequence[SampleInputs],
+                prepared: PreparedBatch | None = None) -> torch.Tensor:
         """Velocity [B, C, Hl, Wl] for latents [B, C, Hl, Wl] (one sample per latent)."""
-        layout, freqs = prepared or self.prepare(samples, latents.device)
+        prepared = prepared or self.prepare(samples, latents.device)
+        latents = latents.to(self.dtype)
+        targets = _pad_stack([self._patchify(latents[b], s.target_grid) for b, s in enumerate(samples)], prepared.target_slots)
+        image_tokens = torch.cat([targets, prepared.condition_tokens], dim=1)
+        out = self.step(image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, timestep)
+        return self._unpatchify(out[:, : prepared.target_slots], samples, latents)
+
+    def denoise_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
+                       cos: torch.Tensor, sin: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """One denoise step on tensors only: image tokens [B, I, in_channels] (targets, then conditions),
+        context [B, T, joint_attention_dim], `valid` [B, I + T], RoPE cos/sin [B, I + T, head_dim / 2] and
+        timestep [B] -> output tokens [B, I, patch^2 out_channels]. This is the graph that is exported."""
         dtype = self.dtype
-        latents = latents.to(dtype)
-        image_tokens = []
-        for b, s in enumerate(samples):
-            image_tokens.append(self._patchify(latents[b], s.target_grid))
-            image_tokens += [self._patchify(c.to(dtype), tuple(c.shape[-2:])) for c in s.conditions]
-        context = torch.cat([s.context for s in samples]).to(dtype)
-        x = torch.cat([self.img_in(torch.cat(image_tokens)), self.txt_in(self.txt_norm(context))])
+        img = self.img_in(image_tokens.to(dtype))
+        txt = self.txt_in(self.txt_norm(context.to(dtype)))
         # The reference rounds the timestep to the model dtype before the sinusoid (P2).
         temb = self.time_text_embed(timestep.to(dtype), dtype)
+        key_mask = valid[:, None, None, :]
         for block in self.transformer_blocks:
-            x = block(x, temb, layout, freqs)
-        targets = torch.cat([x[sl][:n] for sl, n in zip(layout.image_slices(), layout.target_lengths)])
-        out = self.proj_out(self.norm_out(targets, temb, layout.target_lengths))
-        return self._unpatchify(out, samples, latents)
+            img, txt = block(img, txt, temb, key_mask, cos, sin)
+        return self.proj_out(self.norm_out(img, temb))
 
     def _unpatchify(self, tokens: torch.Tensor, samples: Sequence[SampleInputs], latents: torch.Tensor) -> torch.Tensor:
         p, C = self.config.patch_size, self.config.out_channels
         output = torch.zeros(latents.shape[0], C, *latents.shape[-2:], dtype=tokens.dtype, device=tokens.device)
-        offset = 0
         for b, s in enumerate(samples):
             gh, gw = s.target_grid
             n = (gh // p) * (gw // p)
-            x = tokens[offset : offset + n].reshape(gh // p, gw // p, C, p, p).permute(2, 0, 3, 1, 4)
+            x = tokens[b, :n].reshape(gh // p, gw // p, C, p, p).permute(2, 0, 3, 1, 4)
             output[b, :, :gh, :gw] = x.reshape(C, gh, gw)
-            offset += n
         return output
