@@ -9,6 +9,7 @@ adds the traceback.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 import traceback
@@ -18,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 import internvlu
-from internvlu.cli import ask, batch, evaluate, gen, info, models, presets
+from internvlu.cli import ask, batch, evaluate, export, gen, info, models, presets
 from internvlu.cli import options as opt
 from internvlu.cli.ui import print_error
 from internvlu.errors import InternVLUError, UsageError
@@ -119,6 +120,9 @@ def root(
     debug: opt.Debug = False,
 ) -> None:
     opt.set_debug(debug)
+    # bitsandbytes, imported by transformers and diffusers when installed, logs optional-kernel notices and
+    # dtype casts at WARNING on every run; they are not the user's concern.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 app.command("gen", rich_help_panel="Create")(gen.gen)
@@ -127,6 +131,7 @@ app.command("ask", rich_help_panel="Understand")(ask.ask)
 app.command("batch", rich_help_panel="Create")(batch.batch)
 app.command("info", rich_help_panel="Inspect")(info.info)
 app.command("eval", rich_help_panel="Inspect")(evaluate.evaluate)
+app.command("export", rich_help_panel="Manage")(export.export)
 app.add_typer(models.app, name="models", rich_help_panel="Manage")
 app.add_typer(presets.app, name="presets", rich_help_panel="Manage")
 

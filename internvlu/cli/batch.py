@@ -167,6 +167,7 @@ def batch(
     model: opt.Model = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    backend: opt.Backend = None,
     as_json: opt.Json = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
@@ -199,7 +200,8 @@ def batch(
         plan_paths(jobs, folder)
 
         model_name, _ = model_from(model, None, config)
-        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), base.get("dtype"))
+        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), base.get("dtype"),
+                          backend=opt.enum_value(backend) or config.get("backend", "auto"))
         if any(not job.error and not (resume and job.path is not None and job.path.exists()) for job in jobs):
             session.load()  # a model that cannot load stops the batch; with nothing left to do it is never loaded
         counts = {"ok": 0, "skipped": 0, "failed": 0}

@@ -30,6 +30,7 @@ def evaluate(
     model: opt.Model = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    backend: opt.Backend = None,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
@@ -61,7 +62,8 @@ def evaluate(
         config = settings.load_config()
         model_name, _ = model_from(model, None, config)
         session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"),
-                          opt.enum_value(dtype) or config.get("dtype")).load()
+                          opt.enum_value(dtype) or config.get("dtype"),
+                          backend=opt.enum_value(backend) or config.get("backend", "auto")).load()
         evaluator = Evaluator(session.pipe, EvalSettings(prompts=prompts, steps=steps, batch=batch, seed=seed, tasks=chosen),
                               log=ui.info)
         report = {"model": session.model_identity, "prompts_per_task": prompts, "steps": steps, "seed": seed,

@@ -44,7 +44,7 @@ def model_from(model: str | None, recipe: dict | None, config: dict) -> tuple[st
 
 
 def make_images(command: str, prompt: str | None, image_paths: list[str], *, preset, steps, cfg, part_cfg, size,
-                aspect, seeds, count, cot, cot_tokens, out, out_dir, overwrite, from_, model, device, dtype,
+                aspect, seeds, count, cot, cot_tokens, out, out_dir, overwrite, from_, model, device, dtype, backend,
                 as_json, quiet, debug) -> None:
     opt.set_debug(debug)
     ui = UI(quiet)
@@ -70,7 +70,7 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
         preset_name = preset or (recipe or {}).get("preset")  # recorded as it was, so a replay is byte-identical
         model_name, revision = model_from(model, recipe, config)
         session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), values.get("dtype"),
-                          revision).load()
+                          revision, opt.enum_value(backend) or config.get("backend", "auto")).load()
         recorded = (recipe or {}).get("model") or {}
         if recorded.get("folder_hash") and session.model_identity.get("folder_hash") not in (None, recorded["folder_hash"]):
             ui.warn(f"the weights in {session.model.path} differ from the ones {from_} was made with; "
@@ -102,6 +102,7 @@ def gen(
     model: opt.Model = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    backend: opt.Backend = None,
     as_json: opt.Json = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
@@ -121,7 +122,7 @@ def gen(
     """
     make_images("gen", prompt, [], preset=preset, steps=steps, cfg=cfg, part_cfg=part_cfg, size=size, aspect=aspect,
                 seeds=seed, count=count, cot=cot, cot_tokens=cot_tokens, out=output, out_dir=out_dir,
-                overwrite=overwrite, from_=from_, model=model, device=device, dtype=dtype, as_json=as_json,
+                overwrite=overwrite, from_=from_, model=model, device=device, dtype=dtype, backend=backend, as_json=as_json,
                 quiet=quiet, debug=debug)
 
 
@@ -145,6 +146,7 @@ def edit(
     model: opt.Model = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    backend: opt.Backend = None,
     as_json: opt.Json = False,
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
@@ -165,5 +167,5 @@ def edit(
     check_not_a_path(args[-1], "internvlu edit IMAGE... PROMPT")
     make_images("edit", args[-1], args[:-1], preset=preset, steps=steps, cfg=cfg, part_cfg=part_cfg, size=size,
                 aspect=aspect, seeds=seed, count=count, cot=cot, cot_tokens=cot_tokens, out=output, out_dir=out_dir,
-                overwrite=overwrite, from_=from_, model=model, device=device, dtype=dtype, as_json=as_json,
+                overwrite=overwrite, from_=from_, model=model, device=device, dtype=dtype, backend=backend, as_json=as_json,
                 quiet=quiet, debug=debug)

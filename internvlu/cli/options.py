@@ -27,6 +27,25 @@ class DtypeChoice(str, Enum):
     float16 = "float16"
 
 
+class BackendChoice(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    trt = "trt"
+
+
+class BackboneChoice(str, Enum):
+    int8 = "int8"
+    int4 = "int4"
+    none = "none"
+
+
+class HeadChoice(str, Enum):
+    onnx = "onnx"
+    trt = "trt"
+    none = "none"
+
+
 class State:
     """Set by each command as it starts, read by `app.main` when an error reaches it."""
 
@@ -50,6 +69,10 @@ Device = Annotated[Optional[DeviceChoice], typer.Option(
 Dtype = Annotated[Optional[DtypeChoice], typer.Option(
     "--dtype", help="Weight precision: auto is bfloat16 on CUDA and float32 elsewhere.",
     case_sensitive=False, show_default="auto", rich_help_panel=MODEL_PANEL)]
+Backend = Annotated[Optional[BackendChoice], typer.Option(
+    "--backend", help="Runs the image head's denoise step: torch, onnx (ONNX Runtime) or trt (TensorRT); auto uses "
+    "what `internvlu export` put in the model folder.", case_sensitive=False, show_default="auto",
+    rich_help_panel=MODEL_PANEL)]
 
 # ---- output and logging ---------------------------------------------------------------------------
 

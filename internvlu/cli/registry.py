@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -21,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from internvlu.errors import CheckpointError, UsageError
+from internvlu.runtime.checkpoint import folder_hash
 
 EMBEDDED = ("nano", "tiny")
 PACKAGED = ("nano",)  # shipped inside the package; the others are built on first use
 DEFAULT_MODEL = "nano"
-HASH_WHOLE_FILES_UP_TO = 8 << 20
-HASH_EDGE_BYTES = 4 << 20
 
 
 def home() -> Path:
@@ -151,22 +149,6 @@ def remove_embedded(name: str) -> bool:
     with file_lock(root / f".{name}.lock"):
         shutil.rmtree(final)
     return True
-
-
-def folder_hash(folder: Path) -> str:
-    """sha256 over every file's relative path, size and contents (first and last 4 MiB of large files)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith(".")):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
-        with open(path, "rb") as f:
-            if size <= HASH_WHOLE_FILES_UP_TO:
-                digest.update(f.read())
-            else:
-                digest.update(f.read(HASH_EDGE_BYTES))
-                f.seek(size - HASH_EDGE_BYTES)
-                digest.update(f.read(HASH_EDGE_BYTES))
-    return digest.hexdigest()
 
 
 def folder_size(folder: Path) -> int:

@@ -154,12 +154,14 @@ def pick_dtype(name: str | None, device: str) -> str:
 
 
 class Session:
-    def __init__(self, ui: UI, model: str, device: str = "auto", dtype: str | None = None, revision: str | None = None):
+    def __init__(self, ui: UI, model: str, device: str = "auto", dtype: str | None = None, revision: str | None = None,
+                 backend: str = "auto"):
         self.ui = ui
         self.model_name = model
         self.revision = revision
         self.device_name = device
         self.dtype_name = dtype
+        self.backend_name = backend
         self.interrupt = Interrupt(ui)
         self.pipe = None
         self.model: registry.ModelRef | None = None
@@ -177,7 +179,8 @@ class Session:
         if self.device == "cpu":
             self.ui.info("note: running on the CPU, which is slow: the full InternVL-U model takes minutes per image "
                          "here; use a GPU (--device cuda) for real work")
-        self.pipe = InternVLUPipeline.from_pretrained(self.model.path, torch_dtype=self.dtype).to(self.device)
+        self.pipe = InternVLUPipeline.from_pretrained(self.model.path, torch_dtype=self.dtype, backend=self.backend_name,
+                                                      device=self.device)
         self.model_identity = self.model.identity()
         self.load_s = time.perf_counter() - start
         return self
@@ -277,6 +280,7 @@ class Session:
             "model": self.model_identity,
             "dtype": self.dtype,
             "device": self.device,
+            "backend": self.pipe.backend,
             "inputs": [i.record() for i in job.inputs],
         }
         start = time.perf_counter()

@@ -20,7 +20,8 @@ from internvlu.images import exists_error, write_error
 
 SHAPE_KEYS = ("size", "aspect")
 CONFIG_KEYS = {**presets.SETTINGS, "preset": presets.string_value, "model": presets.string_value,
-               "device": lambda v: _choice(v, ("auto", "cuda", "cpu", "mps"))}
+               "device": lambda v: _choice(v, ("auto", "cuda", "cpu", "mps")),
+               "backend": lambda v: _choice(v, ("auto", "torch", "onnx", "trt"))}
 MAX_SEED = 2**63 - 1
 FLAGS = {"steps": "--steps", "cfg": "--cfg", "part_cfg": "--part-cfg", "size": "--size", "aspect": "--aspect",
          "cot": "--cot", "max_new_tokens": "--cot-tokens", "dtype": "--dtype"}

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import struct
@@ -241,3 +243,23 @@ def ensure_materialized(module: nn.Module, source: Path) -> None:
     leftover = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftover:
         raise CheckpointError(f"{source}: tensors {leftover[:3]} were never given values")
+
+
+HASH_WHOLE_FILES_UP_TO = 8 << 20
+HASH_EDGE_BYTES = 4 << 20
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over every file's relative path, size and contents (first and last 4 MiB of large files)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= HASH_WHOLE_FILES_UP_TO:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(HASH_EDGE_BYTES))
+                f.seek(size - HASH_EDGE_BYTES)
+                digest.update(f.read(HASH_EDGE_BYTES))
+    return digest.hexdigest()

@@ -377,20 +377,27 @@ class InternVLUTransformer2DModel(nn.Module):
         latents = latents.to(self.dtype)
         targets = _pad_stack([self._patchify(latents[b], s.target_grid) for b, s in enumerate(samples)], prepared.target_slots)
         image_tokens = torch.cat([targets, prepared.condition_tokens], dim=1)
-        out = self.step(image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, timestep)
+        # The reference rounds the timestep to the model dtype before the sinusoid (P2). The sinusoid's
+        # argument reaches ~1e6 rad, where only this exact float32 op order reproduces it, so it stays in torch
+        # and exported graphs take its features as input.
+        time_features = timestep_features(timestep.to(self.dtype))
+        out = self.step(image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, time_features)
         return self._unpatchify(out[:, : prepared.target_slots], samples, latents)
 
     def denoise_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
-                       cos: torch.Tensor, sin: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+                       cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
         """One denoise step on tensors only: image tokens [B, I, in_channels] (targets, then conditions),
         context [B, T, joint_attention_dim], `valid` [B, I + T], RoPE cos/sin [B, I + T, head_dim / 2] and
-        timestep [B] -> output tokens [B, I, patch^2 out_channels]. This is the graph that is exported."""
+        the timestep's sinusoidal features [B, 256] -> output tokens [B, I, patch^2 out_channels]. This is
+        the graph that is exported."""
         dtype = self.dtype
         img = self.img_in(image_tokens.to(dtype))
         txt = self.txt_in(self.txt_norm(context.to(dtype)))
-        # The reference rounds the timestep to the model dtype before the sinusoid (P2).
-        temb = self.time_text_embed(timestep.to(dtype), dtype)
+        temb = self.time_text_embed.timestep_embedder(time_features.to(dtype))
         key_mask = valid[:, None, None, :]
+        if torch.onnx.is_in_onnx_export():
+            # ONNX Runtime's Attention kernel does not broadcast the mask over queries; torch's SDPA does.
+            key_mask = key_mask.expand(-1, -1, valid.shape[1], -1)
         for block in self.transformer_blocks:
             img, txt = block(img, txt, temb, key_mask, cos, sin)
         return self.proj_out(self.norm_out(img, temb))

@@ -93,6 +93,7 @@ class InternVLUPipeline:
         self.tokenizer = processor.tokenizer
         self.source = source
         self.deduplicate = True
+        self.backend = "torch"
         ids = [self.tokenizer.convert_tokens_to_ids(t) for t in special_token_strings(vlm.special_token_embedding.num_embeddings)]
         if any(i is None or i == self.tokenizer.unk_token_id for i in ids):
             raise CheckpointError("the tokenizer lacks InternVL's special tokens (<img>, <IMG_CONTEXT>, ...)")
@@ -102,10 +103,19 @@ class InternVLUPipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, torch_dtype: torch.dtype | str | None = None,
-                        revision: str | None = None, attn_implementation: str = "sdpa") -> "InternVLUPipeline":
+                        revision: str | None = None, attn_implementation: str = "sdpa", backend: str = "auto",
+                        device: str | torch.device | None = None) -> "InternVLUPipeline":
+        """Load a checkpoint folder, a Hugging Face repo id, or a folder written by `internvlu export`.
+
+        `backend` runs the head's denoise step in torch, ONNX Runtime (`onnx`) or TensorRT (`trt`); `auto`
+        takes the exported one when the folder has it. Quantized layers are loaded straight onto `device`."""
+        from internvlu.export import manifest as export_manifest
+
         dtype = resolve_dtype(torch_dtype)
         root = checkpoint.resolve_model_dir(name_or_path, revision)
         read_json(root / "model_index.json")
+        manifest = export_manifest.read(root)
+        target = torch.device(device) if device is not None else torch.device("cpu")
         folders = {name: checkpoint.component_dir(root, name) for name in checkpoint.COMPONENTS}
 
         vlm_config = VLMConfig.from_file(folders["vlm"] / "config.json")
@@ -121,8 +131,17 @@ class InternVLUPipeline:
         with checkpoint.build_empty():
             vlm = InternVLUChatModel(vlm_config, vlm_weights.shape("special_token_embedding.weight")[0], attn_implementation)
         tied = vlm.language_model.config.tie_word_embeddings
-        checkpoint.assign_weights(vlm, vlm_weights, dtype,
-                                  ignore=lambda name: tied and name == "language_model.lm_head.weight")
+        quantization = manifest["backbone"].get("quantization", "none") if manifest else "none"
+        quantized: set[str] = set()
+        if quantization != "none":
+            from internvlu.export import quantize
+
+            export_manifest.check_backbone_runtime(root, manifest)
+            quantized = quantize.quantized_layer_names(vlm_weights)
+        checkpoint.assign_weights(vlm, vlm_weights, dtype, ignore=lambda name: (
+            (tied and name == "language_model.lm_head.weight") or _part_of(name, quantized)))
+        if quantized:
+            quantize.load_quantized_layers(vlm, vlm_weights, quantization, dtype, target)
         _restore_rotary_buffers(vlm)
         if tied:
             vlm.language_model.tie_weights()
@@ -138,7 +157,11 @@ class InternVLUPipeline:
         processor = InternVLUProcessor.from_pretrained(folders["processor"], template_name=vlm_config.template)
         for module in (vlm, decoder, vae_model):
             module.eval().requires_grad_(False)
-        return cls(vlm, decoder, VAE(vae_model, vae_config), scheduler_config, processor, root)
+        pipe = cls(vlm, decoder, VAE(vae_model, vae_config), scheduler_config, processor, root)
+        if device is not None:
+            pipe.to(target)
+        pipe.backend = _install_head_backend(decoder.decoder, backend, manifest, root, target)
+        return pipe
 
     def to(self, device: str | torch.device) -> "InternVLUPipeline":
         device = torch.device(device)
@@ -447,6 +470,54 @@ def splice_thoughts(ids: torch.Tensor, mask: torch.Tensor, thoughts: torch.Tenso
     new_ids[:, width] = token_ids.img_start
     new_mask[:, width] = 1
     return new_ids, new_mask
+
+
+
+def _part_of(name: str, quantized_layers: set[str]) -> bool:
+    if not quantized_layers:
+        return False
+    from internvlu.export import quantize
+
+    return quantize.belongs_to(name, quantized_layers)
+
+
+HEAD_BACKENDS = ("auto", "torch", "onnx", "trt")
+
+
+def _install_head_backend(head, backend: str, manifest: dict | None, root: Path, device: torch.device) -> str:
+    """Point the head's denoise step at the chosen backend; returns the backend's name."""
+    from internvlu.export import manifest as export_manifest
+
+    if backend not in HEAD_BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(HEAD_BACKENDS)}")
+    exported = manifest["head"].get("format", "none") if manifest else "none"
+    if backend == "auto":
+        backend = "torch"
+        if exported == "trt" and device.type == "cuda":
+            backend = "trt"
+        elif exported in ("onnx", "trt"):
+            backend = "onnx"
+    if backend == "torch":
+        return backend
+    if exported not in ("onnx", "trt") or (backend == "trt" and exported != "trt"):
+        raise UsageError(f"--backend {backend} needs a model exported with `internvlu export MODEL --head {backend}`; "
+                         f"{root} has no {'TensorRT engine' if backend == 'trt' else 'ONNX head'}")
+    if backend == "onnx":
+        from internvlu.export.onnx_head import OnnxRuntimeStep
+
+        names = [n for n in manifest["artifacts"] if n.startswith("generation_decoder/model.onnx")]
+        export_manifest.verify_artifacts(root, manifest, names)
+        head.step = OnnxRuntimeStep(root / "generation_decoder" / "model.onnx", device)
+        return backend
+    if device.type != "cuda":
+        raise UsageError("--backend trt runs on an NVIDIA GPU; use --device cuda, or --backend onnx on this machine")
+    from internvlu.export import tensorrt_engine
+
+    gpu, capability = tensorrt_engine.gpu_identity()
+    export_manifest.check_engine_runtime(root, manifest, gpu, capability)
+    export_manifest.verify_artifacts(root, manifest, ["generation_decoder/model.plan"])
+    head.step = tensorrt_engine.TensorRTStep(root / "generation_decoder" / "model.plan")
+    return backend
 
 
 def _initial_noise(shape, generator, device: torch.device) -> torch.Tensor:

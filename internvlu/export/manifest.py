@@ -1,0 +1,100 @@
+"""`manifest.json` of an exported model folder: what was built, from what, with what, for which GPU.
+
+Loading checks it before anything else: an unknown format, a quantized backbone written by another
+bitsandbytes release, a TensorRT engine built by another TensorRT release or for another GPU, and any
+exported artifact whose bytes no longer match their recorded SHA-256 (a tampered or truncated engine
+or graph) are refused with a one-line hint to rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from pathlib import Path
+
+from internvlu.errors import CheckpointError
+
+FILE = "manifest.json"
+FORMAT = "internvlu-export"
+FORMAT_VERSION = 1
+HEAD_FORMATS = ("onnx", "trt")
+
+
+def library_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _minor(version: str | None) -> str | None:
+    return ".".join(version.split(".")[:2]) if version else None
+
+
+def read(folder: Path) -> dict | None:
+    """The folder's manifest, or None for a plain (not exported) checkpoint."""
+    path = Path(folder) / FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); re-export the model with `internvlu export`") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an internvlu export manifest; re-export the model with `internvlu export`")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {manifest.get('format_version')!r}, this internvlu reads "
+                              f"{FORMAT_VERSION}; re-export the model with this version")
+    for key in ("backbone", "head", "artifacts"):
+        if not isinstance(manifest.get(key), dict):
+            raise CheckpointError(f"{path}: `{key}` is missing or not an object; re-export the model")
+    return manifest
+
+
+def verify_artifacts(folder: Path, manifest: dict, names: list[str]) -> None:
+    """The recorded SHA-256 of each artifact in `names` must match the bytes on disk."""
+    for name in names:
+        record = manifest["artifacts"].get(name)
+        path = Path(folder) / name
+        if not isinstance(record, dict) or "sha256" not in record:
+            raise CheckpointError(f"{folder / FILE} does not record `{name}`; re-export the model")
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing; re-export the model")
+        if path.stat().st_size != record.get("bytes") or sha256_file(path) != record["sha256"]:
+            raise CheckpointError(f"{path} does not match its manifest (modified or truncated); re-export the model, "
+                                  "and do not load it as it is")
+
+
+def check_backbone_runtime(folder: Path, manifest: dict) -> None:
+    backbone = manifest["backbone"]
+    if backbone.get("quantization", "none") == "none":
+        return
+    built, here = backbone.get("bitsandbytes"), library_version("bitsandbytes")
+    if here is None:
+        raise CheckpointError(f"{folder} has a {backbone['quantization']} backbone, which needs bitsandbytes: "
+                              "pip install 'internvlu[quant]'")
+    if _minor(built) != _minor(here):
+        raise CheckpointError(f"{folder} was quantized with bitsandbytes {built}, this is {here}; rebuild it with "
+                              f"`internvlu export {manifest.get('source', {}).get('model', 'MODEL')} --backbone "
+                              f"{backbone['quantization']}`")
+
+
+def check_engine_runtime(folder: Path, manifest: dict, gpu_name: str | None, capability: str | None) -> None:
+    engine = manifest["head"].get("engine", {})
+    built_trt, here_trt = engine.get("tensorrt"), library_version("tensorrt")
+    rebuild = f"rebuild it here with `internvlu export {manifest.get('source', {}).get('model', 'MODEL')} --head trt`"
+    if here_trt != built_trt:
+        raise CheckpointError(f"{folder}: its TensorRT engine was built with TensorRT {built_trt}, this machine has "
+                              f"{here_trt or 'none'}; {rebuild}")
+    if capability != engine.get("compute_capability"):
+        raise CheckpointError(f"{folder}: its TensorRT engine was built for {engine.get('gpu')} (compute capability "
+                              f"{engine.get('compute_capability')}), this GPU is {gpu_name} ({capability}); {rebuild}")

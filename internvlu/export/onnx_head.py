@@ -1,0 +1,129 @@
+"""The MMDiT denoise step as ONNX, and ONNX Runtime as a backend for it.
+
+The exported graph is `InternVLUTransformer2DModel.denoise_tokens`, the same function the torch path
+runs: inputs `image_tokens` [B, I, C], `context` [B, T, D], `valid` [B, I+T], `cos`/`sin` [B, I+T, Dh/2],
+`time_features` [B, 256] (the timestep's sinusoid, computed in torch: its ~1e6 rad arguments need torch's
+exact float32 op order); output `velocity_tokens` [B, I, p*p*C]. Batch, image-token and text-token counts are
+dynamic, so one file serves every resolution, edit condition count and context length. Opset 23 gives
+one fused `Attention` node per layer (and `RMSNormalization`), which ONNX Runtime runs as one kernel and
+TensorRT maps onto its fused attention.
+
+Weights are exported in float32 (the reference precision); builders such as TensorRT pick the lower
+precision. Files larger than protobuf's 2 GB limit keep their weights in `model.onnx.data` beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from internvlu.errors import CheckpointError, UsageError
+from internvlu.runtime.mmdit import timestep_features
+
+OPSET = 23
+INPUT_NAMES = ("image_tokens", "context", "valid", "cos", "sin", "time_features")
+OUTPUT_NAME = "velocity_tokens"
+
+
+def onnxruntime():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise UsageError("the ONNX backend needs onnxruntime: pip install 'internvlu[onnx]'") from exc
+    return ort
+
+
+class _DenoiseStep(nn.Module):
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, image_tokens, context, valid, cos, sin, time_features):
+        return self.head.denoise_tokens(image_tokens, context, valid, cos, sin, time_features)
+
+
+def example_inputs(head: nn.Module, batch: int, image_tokens: int, text_tokens: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random step inputs of the given sizes, with some padding in every row but the first."""
+    cfg = head.config
+    g = torch.Generator().manual_seed(seed)
+    n = image_tokens + text_tokens
+    valid = torch.ones(batch, n, dtype=torch.bool)
+    for b in range(1, batch):
+        valid[b, image_tokens - min(b, image_tokens - 1):image_tokens] = False
+        valid[b, n - min(b, text_tokens - 1):] = False
+    angles = torch.rand(batch, n, cfg.attention_head_dim // 2, generator=g) * 6.3
+    return (torch.randn(batch, image_tokens, cfg.in_channels, generator=g),
+            torch.randn(batch, text_tokens, cfg.joint_attention_dim, generator=g),
+            valid, angles.cos(), angles.sin(), timestep_features(torch.rand(batch, generator=g)))
+
+
+def export_head(head: nn.Module, path: Path) -> None:
+    """Write the float32 denoise step of `head` to `path` (an `.onnx` file)."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; fail with our message, not deep inside torch)
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise UsageError("ONNX export needs onnx and onnxscript: pip install 'internvlu[onnx]'") from exc
+    if head.dtype != torch.float32:
+        raise ValueError("export the head from a float32 model")
+    batch, tokens, text = (torch.export.Dim(n) for n in ("batch", "image_tokens", "text_tokens"))
+    everything = torch.export.Dim("tokens")
+    dynamic = {"image_tokens": {0: batch, 1: tokens}, "context": {0: batch, 1: text}, "valid": {0: batch, 1: everything},
+               "cos": {0: batch, 1: everything}, "sin": {0: batch, 1: everything}, "time_features": {0: batch}}
+    # Sizes > 1 and distinct from each other, so that the exporter specialises none of the dynamic axes.
+    args = example_inputs(head, batch=3, image_tokens=7, text_tokens=5)
+    step = _DenoiseStep(head).eval()
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(step, args, dynamo=True, dynamic_shapes=dynamic, opset_version=OPSET,
+                                    input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], verbose=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path), external_data=sum(p.numel() for p in head.parameters()) * 4 > 1 << 30)
+
+
+class _quiet_exporter:
+    """The dynamo exporter logs every phase at INFO/WARNING; a CLI export should print only its own lines."""
+
+    def __enter__(self):
+        self.levels = {}
+        for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript"):
+            logger = logging.getLogger(name)
+            self.levels[name] = logger.level
+            logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+class OnnxRuntimeStep:
+    """Runs an exported step in ONNX Runtime with torch tensors in and out (CUDA provider on a GPU)."""
+
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None):
+        ort = onnxruntime()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UsageError("--backend onnx on CUDA needs onnxruntime-gpu (this onnxruntime has no CUDA provider)")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise CheckpointError(f"{path}: ONNX Runtime cannot load the exported head ({exc}); re-export the model") from exc
+        self.names = [i.name for i in self.session.get_inputs()]
+        if tuple(self.names) != INPUT_NAMES:
+            raise CheckpointError(f"{path}: inputs {self.names} are not the denoise step's {list(INPUT_NAMES)}; re-export the model")
+
+    def __call__(self, image_tokens, context, valid, cos, sin, time_features) -> torch.Tensor:
+        feeds = {name: t.detach().float().cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy()
+                 for name, t in zip(self.names, (image_tokens, context, valid, cos, sin, time_features))}
+        (out,) = self.session.run([OUTPUT_NAME], feeds)
+        return torch.from_numpy(out).to(image_tokens.device)

@@ -1,0 +1,151 @@
+"""Weight quantization of the context backbone's language model with bitsandbytes.
+
+`int8` is LLM.int8 (`Linear8bitLt`, per-row absmax int8), `int4` is 4-bit NF4 (`Linear4bit`, blocks of
+64, double-quantized absmax). Only the transformer layers' linear projections are quantized: the token
+embedding (tied to the LM head), the norms, the vision encoder and its projector stay in the float dtype,
+because they are a small share of the weights and the embedding is looked up, not multiplied.
+
+The quantized state is saved as ordinary safetensors (bitsandbytes' own state-dict names, e.g.
+`...q_proj.weight`, `...q_proj.weight.absmax`, `...q_proj.SCB`), so nothing is ever unpickled, and loaded
+back without re-quantizing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from internvlu.errors import CheckpointError, UsageError
+
+METHODS = ("int8", "int4")
+NF4_BLOCKSIZE = 64
+
+
+def bitsandbytes():
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise UsageError("quantized backbones need bitsandbytes: pip install 'internvlu[quant]'") from exc
+    return bnb
+
+
+def quantizable_linears(vlm: nn.Module) -> dict[str, nn.Linear]:
+    """The language model's per-layer projections, by their names inside `vlm`."""
+    return {name: module for name, module in vlm.named_modules()
+            if name.startswith("language_model.model.layers.") and isinstance(module, nn.Linear)}
+
+
+def _quantized_module(linear: nn.Linear, method: str, device: torch.device) -> nn.Module:
+    """A bitsandbytes layer holding `linear`'s weights (quantized now, on `device`)."""
+    bnb = bitsandbytes()
+    weight = linear.weight.detach().float().cpu()
+    bias = linear.bias.detach().cpu() if linear.bias is not None else None
+    if method == "int8":
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias is not None, has_fp16_weights=False)
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    else:
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias is not None, quant_type="nf4",
+                                  compute_dtype=linear.weight.dtype)
+        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", blocksize=NF4_BLOCKSIZE)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.to(linear.weight.dtype), requires_grad=False)
+    return layer.to(device)
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name), child, module)
+
+
+def quantize_backbone(vlm: nn.Module, method: str, device: torch.device | str = "cpu") -> None:
+    """Replace the language model's projections by `method` layers, in place."""
+    if method not in METHODS:
+        raise UsageError(f"unknown backbone quantization {method!r}; choose one of {', '.join(METHODS)} or none")
+    for name, linear in quantizable_linears(vlm).items():
+        _replace(vlm, name, _quantized_module(linear, method, torch.device(device)))
+
+
+def quantized_state_dict(vlm: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of a quantized `vlm`, contiguous and on the CPU, ready for safetensors."""
+    state = {}
+    for name, tensor in vlm.state_dict().items():
+        if name == "language_model.lm_head.weight" and vlm.language_model.config.tie_word_embeddings:
+            continue
+        state[name] = tensor.detach().cpu().contiguous()
+    return state
+
+
+def quantized_layer_names(tensor_names: Iterable[str]) -> set[str]:
+    """The layers a saved state quantized: those that have an int8 `SCB` or 4-bit `weight.absmax`."""
+    names = set()
+    for name in tensor_names:
+        if name.endswith(".SCB"):
+            names.add(name[: -len(".SCB")])
+        elif name.endswith(".weight.absmax"):
+            names.add(name[: -len(".weight.absmax")])
+    return names
+
+
+def belongs_to(name: str, layers: set[str]) -> bool:
+    """Whether tensor `name` is part of one of the quantized `layers`."""
+    return name.rpartition(".")[0] in layers or name.partition(".weight.")[0] in layers
+
+
+def load_quantized_layers(vlm: nn.Module, weights: Mapping[str, torch.Tensor], method: str, dtype: torch.dtype,
+                          device: torch.device | str = "cpu") -> None:
+    """Install the saved `method` layers of `weights` into a `vlm` built on the meta device."""
+    bnb = bitsandbytes()
+    device = torch.device(device)
+    linears = quantizable_linears(vlm)
+    layers = quantized_layer_names(weights)
+    tensors_of: dict[str, dict[str, str]] = {layer: {} for layer in layers}
+    for name in weights:
+        layer = name.rpartition(".")[0] if name.rpartition(".")[0] in layers else name.partition(".weight.")[0]
+        if layer in layers:
+            tensors_of[layer][name[len(layer) + 1:]] = name
+    for name in sorted(layers):
+        linear = linears.get(name)
+        if linear is None:
+            raise CheckpointError(f"quantized tensors for `{name}`, which is not a language-model projection")
+        saved = {key: weights[full] for key, full in tensors_of[name].items()}
+        has_bias = linear.bias is not None
+        try:
+            if method == "int8":
+                with torch.device("cpu"):
+                    layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, has_bias, has_fp16_weights=False)
+                # bitsandbytes only accepts a saved SCB into a layer that was quantized once already.
+                layer = layer.to(device)
+                if has_bias:
+                    saved["bias"] = saved["bias"].to(dtype)
+                layer.load_state_dict(saved, strict=True)
+            else:
+                stats = {key[len("weight."):]: t for key, t in saved.items() if key.startswith("weight.")}
+                with torch.device("meta"):
+                    layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, has_bias, quant_type="nf4",
+                                              compute_dtype=dtype)
+                layer.weight = bnb.nn.Params4bit.from_prequantized(saved["weight"], stats, requires_grad=False,
+                                                                   device=device, module=layer)
+                if has_bias:
+                    layer.bias = nn.Parameter(saved["bias"].to(device, dtype), requires_grad=False)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"the {method} weights of `{name}` are incomplete or corrupt ({exc}); re-export the model") from exc
+        _replace(vlm, name, layer)
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer, quantization state included (tied tensors counted once)."""
+    seen, total = set(), 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    for layer in module.modules():
+        state = getattr(getattr(layer, "weight", None), "quant_state", None)
+        if state is not None:
+            total += sum(t.numel() * t.element_size() for t in state.as_dict(packed=True).values() if torch.is_tensor(t))
+        scb = getattr(getattr(layer, "state", None), "SCB", None)
+        if torch.is_tensor(scb):
+            total += scb.numel() * scb.element_size()
+    return total
