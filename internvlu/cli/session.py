@@ -155,13 +155,15 @@ def pick_dtype(name: str | None, device: str) -> str:
 
 class Session:
     def __init__(self, ui: UI, model: str, device: str = "auto", dtype: str | None = None, revision: str | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", offload: bool = False, vae_tiling: bool = False):
         self.ui = ui
         self.model_name = model
         self.revision = revision
         self.device_name = device
         self.dtype_name = dtype
         self.backend_name = backend
+        self.offload = bool(offload)
+        self.vae_tiling = bool(vae_tiling)
         self.interrupt = Interrupt(ui)
         self.pipe = None
         self.model: registry.ModelRef | None = None
@@ -180,7 +182,9 @@ class Session:
             self.ui.info("note: running on the CPU, which is slow: the full InternVL-U model takes minutes per image "
                          "here; use a GPU (--device cuda) for real work")
         self.pipe = InternVLUPipeline.from_pretrained(self.model.path, torch_dtype=self.dtype, backend=self.backend_name,
-                                                      device=self.device)
+                                                      device=self.device, offload=self.offload)
+        if self.vae_tiling:
+            self.pipe.enable_vae_tiling()
         self.model_identity = self.model.identity()
         self.load_s = time.perf_counter() - start
         return self
@@ -281,6 +285,7 @@ class Session:
             "dtype": self.dtype,
             "device": self.device,
             "backend": self.pipe.backend,
+            "vae_tiling": self.vae_tiling,
             "inputs": [i.record() for i in job.inputs],
         }
         start = time.perf_counter()

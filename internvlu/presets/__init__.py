@@ -111,6 +111,8 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "cot": _boolean,
     "max_new_tokens": _integer(1, 4096),
     "dtype": _dtype,
+    "offload": _boolean,
+    "vae_tiling": _boolean,
 }
 PRESET_KEYS = {"description": string_value, **SETTINGS}
 

@@ -94,6 +94,7 @@ class InternVLUPipeline:
         self.source = source
         self.deduplicate = True
         self.backend = "torch"
+        self.offload = None
         ids = [self.tokenizer.convert_tokens_to_ids(t) for t in special_token_strings(vlm.special_token_embedding.num_embeddings)]
         if any(i is None or i == self.tokenizer.unk_token_id for i in ids):
             raise CheckpointError("the tokenizer lacks InternVL's special tokens (<img>, <IMG_CONTEXT>, ...)")
@@ -104,11 +105,12 @@ class InternVLUPipeline:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, torch_dtype: torch.dtype | str | None = None,
                         revision: str | None = None, attn_implementation: str = "sdpa", backend: str = "auto",
-                        device: str | torch.device | None = None) -> "InternVLUPipeline":
+                        device: str | torch.device | None = None, offload: bool = False) -> "InternVLUPipeline":
         """Load a checkpoint folder, a Hugging Face repo id, or a folder written by `internvlu export`.
 
         `backend` runs the head's denoise step in torch, ONNX Runtime (`onnx`) or TensorRT (`trt`); `auto`
-        takes the exported one when the folder has it. Quantized layers are loaded straight onto `device`."""
+        takes the exported one when the folder has it. Quantized layers are loaded straight onto `device`;
+        with `offload`, components rest in CPU memory and visit `device` in turn (`enable_offload`)."""
         from internvlu.export import manifest as export_manifest
 
         dtype = resolve_dtype(torch_dtype)
@@ -141,7 +143,7 @@ class InternVLUPipeline:
         checkpoint.assign_weights(vlm, vlm_weights, dtype, ignore=lambda name: (
             (tied and name == "language_model.lm_head.weight") or _part_of(name, quantized)))
         if quantized:
-            quantize.load_quantized_layers(vlm, vlm_weights, quantization, dtype, target)
+            quantize.load_quantized_layers(vlm, vlm_weights, quantization, dtype, "cpu" if offload else target)
         _restore_rotary_buffers(vlm)
         if tied:
             vlm.language_model.tie_weights()
@@ -158,7 +160,9 @@ class InternVLUPipeline:
         for module in (vlm, decoder, vae_model):
             module.eval().requires_grad_(False)
         pipe = cls(vlm, decoder, VAE(vae_model, vae_config), scheduler_config, processor, root)
-        if device is not None:
+        if offload and target.type != "cpu":
+            pipe.enable_offload(target)
+        elif device is not None:
             pipe.to(target)
         pipe.backend = _install_head_backend(decoder.decoder, backend, manifest, root, target)
         return pipe
@@ -172,7 +176,21 @@ class InternVLUPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.vlm.device
+        """Where the computation runs (with offload, components rest elsewhere between uses)."""
+        return self.offload.device if self.offload is not None else self.vlm.device
+
+    def enable_offload(self, device: str | torch.device) -> "InternVLUPipeline":
+        """Keep the VLM, the head and the VAE in CPU memory and move each to `device` only while it runs."""
+        from internvlu.runtime.offload import ComponentOffload
+
+        self.offload = ComponentOffload({"vlm": self.vlm, "generation_decoder": self.generation_decoder,
+                                         "vae": self.vae.model}, torch.device(device))
+        return self
+
+    def enable_vae_tiling(self) -> "InternVLUPipeline":
+        """Decode (and encode) large images in overlapping tiles: bounded activation memory, slight seams cost."""
+        self.vae.model.enable_tiling()
+        return self
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,0 +1,128 @@
+"""`internvlu export` end to end, and the refusals of exported folders that do not fit this machine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from .helpers import FAST, one_line_error, pixels, run_cli
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("bitsandbytes")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The golden tiny checkpoint exported with an int8 backbone and an ONNX head (built once)."""
+    from tests.cli.helpers import GOLDEN
+
+    out = tmp_path_factory.mktemp("exports") / "tiny-int8-onnx"
+    result = run_cli("export", GOLDEN / "tiny_pipeline", "--backbone", "int8", "--head", "onnx", "--out", out, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout.splitlines()[-1])
+
+
+def test_the_manifest_records_what_was_built(exported):
+    out, printed = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert printed["out"] == str(out) and printed["backbone"] == manifest["backbone"]
+    assert manifest["backbone"]["quantization"] == "int8" and manifest["backbone"]["bitsandbytes"]
+    assert manifest["head"]["format"] == "onnx" and manifest["head"]["opset"] == 23
+    assert all(check["max_abs_error"] <= 1e-4 for check in manifest["head"]["onnx_checks"])
+    assert len(manifest["source"]["folder_hash"]) == 64
+    assert set(manifest["artifacts"]) >= {"vlm/model.safetensors", "generation_decoder/model.onnx"}
+    assert not list(out.parent.glob(".*partial"))
+
+
+def test_an_export_loads_and_draws_through_the_cli(exported, tmp_path):
+    out, _ = exported
+    result = run_cli("gen", "a red circle", "--model", out, *FAST, "--seed", "3", "-o", tmp_path / "a.png", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    recipe = json.loads(result.stdout.splitlines()[-1])
+    assert recipe["path"].endswith("a.png")
+    again = run_cli("gen", "a red circle", "--model", out, *FAST, "--seed", "3", "-o", tmp_path / "b.png", timeout=120)
+    assert again.returncode == 0 and pixels(tmp_path / "a.png") == pixels(tmp_path / "b.png")
+    torch_head = run_cli("gen", "a red circle", "--model", out, *FAST, "--seed", "3", "--backend", "torch",
+                         "-o", tmp_path / "c.png", timeout=120)
+    assert torch_head.returncode == 0, torch_head.stderr
+
+
+def test_a_tampered_head_is_refused(exported, tmp_path):
+    out, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    graph = copy / "generation_decoder" / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    result = run_cli("gen", "a red circle", "--model", copy, *FAST, "-o", tmp_path / "x.png", timeout=120)
+    assert result.returncode != 0 and not (tmp_path / "x.png").exists()
+    one_line_error(result, "model.onnx", "does not match its manifest", "re-export")
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (lambda m: m.update(format_version=99), "format version 99"),
+    (lambda m: m["backbone"].update(bitsandbytes="0.1.0"), "quantized with bitsandbytes 0.1.0"),
+    (lambda m: m.pop("artifacts"), "`artifacts` is missing"),
+])
+def test_a_manifest_that_does_not_fit_is_refused(exported, tmp_path, change, fragment):
+    out, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli("gen", "a red circle", "--model", copy, *FAST, "-o", tmp_path / "x.png", timeout=120)
+    assert result.returncode != 0
+    one_line_error(result, fragment)
+
+
+def test_export_refuses_a_non_empty_folder_and_keeps_it(tmp_path):
+    from tests.cli.helpers import GOLDEN
+
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    result = run_cli("export", GOLDEN / "tiny_pipeline", "--backbone", "int4", "--out", target, timeout=120)
+    assert result.returncode == 2
+    one_line_error(result, str(target), "--overwrite")
+    assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_an_int4_export_draws_and_an_export_of_an_export_is_refused(exported, tmp_path):
+    from tests.cli.helpers import GOLDEN
+
+    out = tmp_path / "int4"
+    result = run_cli("export", GOLDEN / "tiny_pipeline", "--backbone", "int4", "--out", out, timeout=300)
+    assert result.returncode == 0, result.stderr
+    drawn = run_cli("gen", "a red circle", "--model", out, *FAST, "-o", tmp_path / "a.png", timeout=120)
+    assert drawn.returncode == 0, drawn.stderr
+    again = run_cli("export", exported[0], "--backbone", "int8", "--out", tmp_path / "again", timeout=120)
+    one_line_error(again, "is itself an export")
+
+
+def test_tensorrt_without_a_gpu_says_where_to_build(tmp_path):
+    from tests.cli.helpers import GOLDEN
+
+    result = run_cli("export", GOLDEN / "tiny_pipeline", "--head", "trt", "--out", tmp_path / "trt", timeout=120)
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if has_gpu:
+        pytest.skip("a GPU is present: benchmarks/bench_tensorrt.py checks the engine there")
+    assert result.returncode == 2 and not (tmp_path / "trt").exists()
+    one_line_error(result, "--head trt", "GPU")
+
+
+def test_backend_onnx_on_a_plain_checkpoint_says_how_to_export(tmp_path):
+    from tests.cli.helpers import GOLDEN
+
+    result = run_cli("gen", "a red circle", "--model", GOLDEN / "tiny_pipeline", *FAST, "--backend", "onnx",
+                     "-o", tmp_path / "a.png", timeout=120)
+    assert result.returncode == 2
+    one_line_error(result, "internvlu export MODEL --head onnx")
