@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 import internvlu
-from internvlu.cli import ask, batch, evaluate, export, gen, info, models, presets
+from internvlu.cli import ask, batch, doctor, evaluate, export, gen, info, models, presets
 from internvlu.cli import options as opt
 from internvlu.cli.ui import print_error
 from internvlu.errors import InternVLUError, UsageError
@@ -132,6 +132,7 @@ app.command("batch", rich_help_panel="Create")(batch.batch)
 app.command("info", rich_help_panel="Inspect")(info.info)
 app.command("eval", rich_help_panel="Inspect")(evaluate.evaluate)
 app.command("export", rich_help_panel="Manage")(export.export)
+app.command("doctor", rich_help_panel="Inspect")(doctor.doctor)
 app.add_typer(models.app, name="models", rich_help_panel="Manage")
 app.add_typer(presets.app, name="presets", rich_help_panel="Manage")
 
