@@ -32,3 +32,14 @@ def test_vae_tiling_decodes_a_large_image(tiny_dir):
     decoded = pipe.vae.decode(latents)
     assert decoded.shape == (1, 3, 48 * pipe.vae.scale_factor, 48 * pipe.vae.scale_factor)
     assert torch.isfinite(decoded).all()
+
+
+def test_a_compiled_head_draws_what_the_eager_head_draws(tiny_dir):
+    """torch.compile on the CPU here (CUDA graphs are the GPU's part of the same switch)."""
+    call = dict(prompt="a red circle", generation_mode="image", height=64, width=64, num_inference_steps=3,
+                output_type="latent")
+    pipe = InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32)
+    eager = pipe(**call, generator=torch.Generator().manual_seed(0)).latents
+    pipe.enable_compile()
+    compiled = pipe(**call, generator=torch.Generator().manual_seed(0)).latents
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)

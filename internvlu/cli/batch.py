@@ -202,7 +202,8 @@ def batch(
         model_name, _ = model_from(model, None, config)
         session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), base.get("dtype"),
                           backend=opt.enum_value(backend) or config.get("backend", "auto"),
-                          offload=bool(base.get("offload")), vae_tiling=bool(base.get("vae_tiling")))
+                          offload=bool(base.get("offload")), vae_tiling=bool(base.get("vae_tiling")),
+                          compile=bool(base.get("compile")))
         if any(not job.error and not (resume and job.path is not None and job.path.exists()) for job in jobs):
             session.load()  # a model that cannot load stops the batch; with nothing left to do it is never loaded
         counts = {"ok": 0, "skipped": 0, "failed": 0}

@@ -71,7 +71,8 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
         model_name, revision = model_from(model, recipe, config)
         session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), values.get("dtype"),
                           revision, opt.enum_value(backend) or config.get("backend", "auto"),
-                          offload=bool(values.get("offload")), vae_tiling=bool(values.get("vae_tiling"))).load()
+                          offload=bool(values.get("offload")), vae_tiling=bool(values.get("vae_tiling")),
+                          compile=bool(values.get("compile"))).load()
         recorded = (recipe or {}).get("model") or {}
         if recorded.get("folder_hash") and session.model_identity.get("folder_hash") not in (None, recorded["folder_hash"]):
             ui.warn(f"the weights in {session.model.path} differ from the ones {from_} was made with; "

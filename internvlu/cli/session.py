@@ -155,7 +155,7 @@ def pick_dtype(name: str | None, device: str) -> str:
 
 class Session:
     def __init__(self, ui: UI, model: str, device: str = "auto", dtype: str | None = None, revision: str | None = None,
-                 backend: str = "auto", offload: bool = False, vae_tiling: bool = False):
+                 backend: str = "auto", offload: bool = False, vae_tiling: bool = False, compile: bool = False):
         self.ui = ui
         self.model_name = model
         self.revision = revision
@@ -164,6 +164,7 @@ class Session:
         self.backend_name = backend
         self.offload = bool(offload)
         self.vae_tiling = bool(vae_tiling)
+        self.compile = bool(compile)
         self.interrupt = Interrupt(ui)
         self.pipe = None
         self.model: registry.ModelRef | None = None
@@ -185,6 +186,8 @@ class Session:
                                                       device=self.device, offload=self.offload)
         if self.vae_tiling:
             self.pipe.enable_vae_tiling()
+        if self.compile and self.pipe.backend == "torch":
+            self.pipe.enable_compile()
         self.model_identity = self.model.identity()
         self.load_s = time.perf_counter() - start
         return self

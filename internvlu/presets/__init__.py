@@ -113,6 +113,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "dtype": _dtype,
     "offload": _boolean,
     "vae_tiling": _boolean,
+    "compile": _boolean,
 }
 PRESET_KEYS = {"description": string_value, **SETTINGS}
 

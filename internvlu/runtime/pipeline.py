@@ -95,6 +95,7 @@ class InternVLUPipeline:
         self.deduplicate = True
         self.backend = "torch"
         self.offload = None
+        self.compiled = False
         ids = [self.tokenizer.convert_tokens_to_ids(t) for t in special_token_strings(vlm.special_token_embedding.num_embeddings)]
         if any(i is None or i == self.tokenizer.unk_token_id for i in ids):
             raise CheckpointError("the tokenizer lacks InternVL's special tokens (<img>, <IMG_CONTEXT>, ...)")
@@ -187,6 +188,17 @@ class InternVLUPipeline:
                                          "vae": self.vae.model}, torch.device(device))
         return self
 
+    def enable_compile(self) -> "InternVLUPipeline":
+        """torch.compile the head's denoise step (with CUDA graphs on a GPU: every step of a call has the same
+        shapes, so it replays one graph) and decode chains of thought with a static, compiled KV cache."""
+        head = self.generation_decoder.decoder
+        if head.step != head.denoise_tokens:
+            raise UsageError("compile applies to the torch backend; an exported head is already compiled")
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        head.step = torch.compile(head.denoise_tokens, mode=mode, dynamic=False)
+        self.compiled = True
+        return self
+
     def enable_vae_tiling(self) -> "InternVLUPipeline":
         """Decode (and encode) large images in overlapping tiles: bounded activation memory, slight seams cost."""
         self.vae.model.enable_tiling()
@@ -275,6 +287,8 @@ class InternVLUPipeline:
         config = GenerationConfig.from_model_config(lm.config)
         config.eos_token_id = [self.tokenizer.eos_token_id, self.processor.token_ids.img_start]
         config.pad_token_id = self.processor.token_ids.pad
+        if self.compiled and self.device.type == "cuda":
+            config.cache_implementation = "static"  # transformers compiles the decode step for a static cache
         return lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config,
                            use_cache=True, **generation)
 
