@@ -41,14 +41,19 @@ class EvalSettings:
     part_cfg_scale: float | None = None
 
 
+EXHAUSTED_AFTER = 20000  # draws without a new held-out key: the pool is used up (word prompts: ~100 exist)
+
+
 def _held_out(rng: random.Random, make: Callable[[random.Random], tuple[str, object]], n: int) -> list:
-    """`n` items whose keys are distinct and all in the held-out bucket."""
-    items, keys = [], set()
-    while len(items) < n:
+    """Up to `n` items whose keys are distinct and all in the held-out bucket; fewer when the world has fewer."""
+    items, keys, fruitless = [], set(), 0
+    while len(items) < n and fruitless < EXHAUSTED_AFTER:
         key, item = make(rng)
+        fruitless += 1
         if world.is_held_out(key) and key not in keys:
             keys.add(key)
             items.append(item)
+            fruitless = 0
     return items
 
 

@@ -80,3 +80,14 @@ def test_training_draws_never_come_from_the_held_out_bucket():
     assert not any(world.is_held_out(k) for k in keys)
     buckets = {world.prompt_bucket(f"prompt {i}") for i in range(200)}
     assert buckets == set(range(world.HELD_OUT_BUCKETS))  # the split is a real partition
+
+
+def test_asking_for_more_held_out_prompts_than_exist_returns_them_all():
+    """About 100 held-out word prompts exist; asking for more must end with all of them, not hang."""
+    import random
+
+    from internvlu.train import evaluate
+
+    items = evaluate._held_out(random.Random(0), evaluate._word_scene, 10_000)
+    keys = [world.describe(scene) for scene in items]
+    assert 50 < len(items) < 200 and len(set(keys)) == len(keys) and all(world.is_held_out(k) for k in keys)
