@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RECIPE_KEY = "internvlu"
 MAX_PIXELS = 64 * 1024 * 1024  # larger inputs are refused before they are decoded
+MIN_INPUT_SIDE = 16  # the smallest output side; a thinner input would ask for an impossible edit size
 TEMP_SUFFIX = ".internvlu-tmp"
 
 
@@ -49,6 +50,8 @@ def _open_error(path: Path, exc: OSError) -> UsageError:
         return UsageError(f"{path} is a folder, not an image; pass an image file")
     if isinstance(exc, PermissionError):
         return UsageError(f"cannot read {path} (permission denied); fix its permissions or copy it somewhere readable")
+    if exc.errno is None:  # raised by a decoder, not by the file system
+        return UsageError(f"{path} is damaged or truncated ({exc}); re-export or re-download it")
     return UsageError(f"cannot read {path}: {exc.strerror or exc}")
 
 
@@ -57,6 +60,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not an image; pass an image file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UsageError(f"{path} is empty (0 bytes); pass a PNG, JPEG or WebP file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -71,6 +76,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         if image.width * image.height > MAX_PIXELS:
             raise UsageError(f"{path} is {image.width}x{image.height}, too large to decode safely; "
                              f"downscale it below {MAX_PIXELS // 1_000_000} megapixels")
+        if min(image.size) < MIN_INPUT_SIDE:
+            raise UsageError(f"{path} is {image.width}x{image.height}; each side of an input image must be at least "
+                             f"{MIN_INPUT_SIDE} pixels (crop or pad it)")
         if getattr(image, "is_animated", False):
             log.warning("%s is animated; using its first frame", path)
             image.seek(0)

@@ -46,7 +46,20 @@ def _click_error(exc: Exception) -> typer.Exit:
     return _fail(exc.format_message() + hint, exc.exit_code)
 
 
+OUT_OF_MEMORY_HINT = ("out of memory{where}; use --preset lowvram (components take turns on the GPU, the VAE works in "
+                      "tiles), a smaller --size, or a quantized export (internvlu export MODEL --backbone int4)")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError (and MPS's RuntimeError) without importing torch here.
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
 def _unexpected(exc: Exception) -> typer.Exit:
+    if _is_out_of_memory(exc):
+        where = " on the GPU" if type(exc).__name__ == "OutOfMemoryError" or "cuda" in str(exc).lower() else ""
+        return _fail(OUT_OF_MEMORY_HINT.format(where=where), 1)
     if isinstance(exc, OSError):
         if exc.errno == errno.EPIPE:  # stdout closed early (| head): nothing worth a message
             sys.stdout = open(os.devnull, "w")

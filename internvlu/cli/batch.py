@@ -27,7 +27,7 @@ from internvlu.errors import InternVLUError, UsageError
 from internvlu.images import atomic_write, remove_stale_temps
 
 MODES = ("gen", "edit", "ask")
-JOB_KEYS = {"mode", "prompt", "image", "seed", "out", "preset", *presets.SETTINGS}
+JOB_KEYS = {"mode", "prompt", "image", "seed", "out", "preset", *presets.SETTINGS} - set(presets.RUNTIME_KEYS)
 ANSWER_SUFFIXES = (".txt", ".json")
 ASK_MAX_NEW_TOKENS = 512
 
@@ -81,7 +81,8 @@ def _job_from_object(job: BatchJob, data: object) -> None:
         if data.get(key) is not None and (not isinstance(data[key], str) or not data[key]):
             raise ValueError(f"{key!r} must be a non-empty string")
     job.out, job.preset = data.get("out"), data.get("preset")
-    job.settings = presets.validate({k: v for k, v in data.items() if k in presets.SETTINGS}, "settings", presets.SETTINGS)
+    job.settings = presets.validate({k: v for k, v in data.items() if k in JOB_KEYS and k in presets.SETTINGS},
+                                    "settings", presets.SETTINGS)
 
 
 def parse_jobs(text: str) -> list[BatchJob]:
@@ -105,14 +106,21 @@ def parse_jobs(text: str) -> list[BatchJob]:
 
 
 def plan_paths(jobs: list[BatchJob], out_dir: Path) -> None:
-    """Each job's output file; a relative `out` is inside --out-dir. Clashing outputs are errors."""
+    """Each job's output file, inside --out-dir. Clashing outputs and paths that leave the folder are errors."""
     taken: dict[Path, int] = {}
+    root = out_dir.resolve()
     for job in jobs:
         if job.error:
             continue
         if job.out is not None:
-            path = Path(job.out).expanduser()
-            path = path if path.is_absolute() else out_dir / path
+            if "\0" in job.out or Path(job.out).is_absolute() or job.out.startswith("~"):
+                job.error = f"'out' {job.out!r} must be a relative path inside --out-dir"
+                continue
+            path = out_dir / job.out
+            # Resolving follows `..` and symbolic links, so a job file cannot write outside the folder.
+            if not path.resolve().is_relative_to(root):
+                job.error = f"'out' {job.out!r} leads outside --out-dir {out_dir}; write it as a path inside the folder"
+                continue
             if job.mode == "ask" and path.suffix.lower() not in ANSWER_SUFFIXES:
                 job.error = f"an ask job's 'out' must end in {' or '.join(ANSWER_SUFFIXES)}"
                 continue

@@ -116,6 +116,8 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "compile": _boolean,
 }
 PRESET_KEYS = {"description": string_value, **SETTINGS}
+# Settings of the loaded model rather than of one image: a batch takes them once, not per job.
+RUNTIME_KEYS = ("offload", "vae_tiling", "compile")
 
 
 def validate(data: object, source: str, keys: dict[str, Callable[[object], object]] = PRESET_KEYS) -> dict:

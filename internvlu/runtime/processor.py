@@ -152,6 +152,10 @@ def normalize_prompt(text: str, num_images: int) -> str:
     """The reference's `<image>` prefixing and prompt normalisation (spec §3.1, P10)."""
     if not isinstance(text, str):
         raise UsageError(f"prompt must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8 (e.g. from a shell argument)
+        raise UsageError(f"prompt is not valid UTF-8 text (character {exc.start + 1}); re-encode it as UTF-8") from None
     placeholders = text.count(IMAGE_PLACEHOLDER)
     if placeholders > num_images:
         raise UsageError(f"prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholders but only {num_images} image(s) were given")

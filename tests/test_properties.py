@@ -1,0 +1,88 @@
+"""Property-based tests: whatever text reaches the processor or the parsers, the outcome is a valid result
+or a clear `UsageError`, and typed text never turns into control tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from internvlu import presets
+from internvlu.cli import batch as batch_cli
+from internvlu.cli import settings as cli_settings
+from internvlu.errors import UsageError
+from internvlu.runtime.processor import InternVLUProcessor
+
+CONTROL_STRINGS = ["<img>", "</img>", "<IMG_CONTEXT>", "<img_uncond>", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
+                   "<ref>", "</ref>", "<box>", "<quad>", "<IMG_LINE_BREAK>", "system", "assistant", "\n", "<image>"]
+prompts = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(CONTROL_STRINGS)), max_size=8).map("".join)
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_dir):
+    from internvlu.runtime.config import VLMConfig
+
+    template = VLMConfig.from_file(tiny_dir / "vlm" / "config.json").template
+    return InternVLUProcessor.from_pretrained(tiny_dir / "processor", template_name=template)
+
+
+def _control_counts(processor, ids) -> dict[str, int]:
+    return {name: int((ids == value).sum()) for name, value in dataclasses.asdict(processor.token_ids).items()}
+
+
+@PROPERTY
+@given(prompt=prompts, mode=st.sampled_from(["text", "image", "text_image"]))
+def test_typed_text_never_becomes_a_control_token(processor, prompt, mode):
+    baseline = processor(["a"], None, mode, height=64, width=64) if mode != "text" else processor(["a"], None, mode)
+    try:
+        out = processor([prompt], None, mode, height=64, width=64) if mode != "text" else processor([prompt], None, mode)
+    except UsageError:
+        return  # empty, placeholders without images, or not UTF-8: refused with a message
+    ids = out.input_ids[out.attention_mask.bool()]
+    expected = _control_counts(processor, baseline.input_ids[baseline.attention_mask.bool()])
+    got = _control_counts(processor, ids)
+    for name in ("im_start", "im_end", "img_start", "img_end", "img_context", "img_uncond"):
+        assert got[name] == expected[name], (prompt, name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(max_size=20), st.from_regex(r"-?\d{0,6}[xX×*]-?\d{0,6}", fullmatch=True)))
+def test_size_parsing_gives_a_size_in_range_or_a_usage_error(text):
+    try:
+        width, height = presets.parse_size(text)
+    except UsageError:
+        return
+    assert presets.MIN_SIDE <= width <= presets.MAX_SIDE and presets.MIN_SIDE <= height <= presets.MAX_SIDE
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(max_size=20), st.from_regex(r"-?\d{0,4}(\.\d{0,3})?:-?\d{0,4}(\.\d{0,3})?", fullmatch=True)),
+       area=st.integers(16 * 16, 4096 * 4096))
+def test_aspect_parsing_gives_a_valid_shape_or_a_usage_error(text, area):
+    try:
+        aspect = presets.parse_aspect(text)
+    except UsageError:
+        return
+    width, height = presets.size_for_aspect(aspect, area)
+    assert width > 0 and height > 0 and width % 16 == 0 and height % 16 == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(seeds=st.lists(st.text(max_size=12), max_size=3))
+def test_seed_parsing_gives_seeds_in_range_or_a_usage_error(seeds):
+    try:
+        parsed = cli_settings.parse_seeds(seeds)
+    except UsageError:
+        return
+    assert all(0 <= s <= cli_settings.MAX_SEED for s in parsed)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=300))
+def test_any_jobs_text_parses_into_jobs_or_per_job_errors(text):
+    jobs = batch_cli.parse_jobs(text)
+    for job in jobs:
+        assert job.error or (isinstance(job.prompt, str) and job.prompt.strip())
