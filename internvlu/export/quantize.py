@@ -1,9 +1,10 @@
 """Weight quantization of the context backbone's language model with bitsandbytes.
 
 `int8` is LLM.int8 (`Linear8bitLt`, per-row absmax int8), `int4` is 4-bit NF4 (`Linear4bit`, blocks of
-64, double-quantized absmax). Only the transformer layers' linear projections are quantized: the token
-embedding (tied to the LM head), the norms, the vision encoder and its projector stay in the float dtype,
-because they are a small share of the weights and the embedding is looked up, not multiplied.
+64, double-quantized absmax) for the transformer layers' projections. The token table, tied to the LM
+head (18% of Qwen3-1.7B), is stored as int8 with one scale per row in both modes (bitsandbytes has no
+tied embedding): looked up row by row as the embedding, dequantized for the head's logits. The norms, the
+vision encoder and its projector stay in the float dtype.
 
 The quantized state is saved as ordinary safetensors (bitsandbytes' own state-dict names, e.g.
 `...q_proj.weight`, `...q_proj.weight.absmax`, `...q_proj.SCB`), so nothing is ever unpickled, and loaded
@@ -21,6 +22,8 @@ from internvlu.errors import CheckpointError, UsageError
 
 METHODS = ("int8", "int4")
 NF4_BLOCKSIZE = 64
+TOKEN_TABLE = "language_model.model.embed_tokens"
+LM_HEAD = "language_model.lm_head"
 
 
 def bitsandbytes():
@@ -51,7 +54,8 @@ def _quantized_module(linear: nn.Linear, method: str, device: torch.device) -> n
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", blocksize=NF4_BLOCKSIZE)
     if bias is not None:
         layer.bias = nn.Parameter(bias.to(linear.weight.dtype), requires_grad=False)
-    return layer.to(device)
+    # bitsandbytes' int8 matmul takes another path in training mode: keep the replaced layer's mode.
+    return layer.to(device).train(linear.training)
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -59,12 +63,52 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name), child, module)
 
 
+class Int8TokenTable(nn.Module):
+    """The tied token table as int8 rows with one float32 scale each (`weight`, `weight_scale`)."""
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("weight_scale", weight_scale)
+        self.dtype = dtype
+
+    @classmethod
+    def from_float(cls, table: torch.Tensor, dtype: torch.dtype) -> "Int8TokenTable":
+        scale = table.float().abs().amax(dim=1).clamp(min=1e-12) / 127
+        return cls((table.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale, dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return (self.weight[ids].float() * self.weight_scale[ids, None]).to(self.dtype)
+
+    def dequantized(self) -> torch.Tensor:
+        return (self.weight.float() * self.weight_scale[:, None]).to(self.dtype)
+
+
+class TiedInt8Head(nn.Module):
+    """The LM head that shares an `Int8TokenTable` (held, not registered: the table is saved once)."""
+
+    def __init__(self, table: Int8TokenTable):
+        super().__init__()
+        object.__setattr__(self, "table", table)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.table.dequantized().to(hidden.dtype))
+
+
+def _install_table(vlm: nn.Module, table: Int8TokenTable) -> None:
+    _replace(vlm, TOKEN_TABLE, table)
+    _replace(vlm, LM_HEAD, TiedInt8Head(table))
+
+
 def quantize_backbone(vlm: nn.Module, method: str, device: torch.device | str = "cpu") -> None:
-    """Replace the language model's projections by `method` layers, in place."""
+    """Replace the language model's projections by `method` layers (and a tied table by int8 rows), in place."""
     if method not in METHODS:
         raise UsageError(f"unknown backbone quantization {method!r}; choose one of {', '.join(METHODS)} or none")
     for name, linear in quantizable_linears(vlm).items():
         _replace(vlm, name, _quantized_module(linear, method, torch.device(device)))
+    if vlm.language_model.config.tie_word_embeddings:
+        embedding = vlm.get_submodule(TOKEN_TABLE)
+        _install_table(vlm, Int8TokenTable.from_float(embedding.weight.detach(), embedding.weight.dtype).to(device))
 
 
 def quantized_state_dict(vlm: nn.Module) -> dict[str, torch.Tensor]:
@@ -78,10 +122,12 @@ def quantized_state_dict(vlm: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def quantized_layer_names(tensor_names: Iterable[str]) -> set[str]:
-    """The layers a saved state quantized: those that have an int8 `SCB` or 4-bit `weight.absmax`."""
+    """The layers a saved state quantized: an int8 `SCB`, a 4-bit `weight.absmax` or an int8 `weight_scale`."""
     names = set()
     for name in tensor_names:
-        if name.endswith(".SCB"):
+        if name.endswith(".weight_scale"):
+            names.add(name[: -len(".weight_scale")])
+        elif name.endswith(".SCB"):
             names.add(name[: -len(".SCB")])
         elif name.endswith(".weight.absmax"):
             names.add(name[: -len(".weight.absmax")])
@@ -106,6 +152,12 @@ def load_quantized_layers(vlm: nn.Module, weights: Mapping[str, torch.Tensor], m
         if layer in layers:
             tensors_of[layer][name[len(layer) + 1:]] = name
     for name in sorted(layers):
+        if name == TOKEN_TABLE:
+            table = Int8TokenTable(weights[f"{name}.weight"], weights[f"{name}.weight_scale"].float(), dtype)
+            if table.weight.dtype != torch.int8 or table.weight_scale.shape != table.weight.shape[:1]:
+                raise CheckpointError(f"the int8 token table `{name}` is malformed; re-export the model")
+            _install_table(vlm, table.to(device))
+            continue
         linear = linears.get(name)
         if linear is None:
             raise CheckpointError(f"quantized tensors for `{name}`, which is not a language-model projection")

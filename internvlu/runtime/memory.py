@@ -66,7 +66,9 @@ def plan(counts: ParameterCounts, decoder: DecoderConfig, vae_factor: int, width
          backbone: str = "none", offload: bool = False, rows: int = 3, conditions: int = 0) -> dict:
     """Estimated bytes: weights per component, resident weights, activations and the peak."""
     per_param = BACKBONE_BYTES_PER_PARAMETER[backbone]
-    language = counts.language_linears * (per_param if per_param else dtype_bytes) + counts.language_other * dtype_bytes
+    # Quantized exports also store the token table (most of `language_other`) as int8 rows.
+    language = (counts.language_linears * per_param + counts.language_other) if per_param else (
+        (counts.language_linears + counts.language_other) * dtype_bytes)
     weights = {"vlm": int(counts.vision * dtype_bytes + language), "generation_decoder": counts.head * dtype_bytes,
                "vae": counts.vae * dtype_bytes}
     resident = max(weights.values()) if offload else sum(weights.values())

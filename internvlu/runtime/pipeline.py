@@ -143,11 +143,11 @@ class InternVLUPipeline:
             quantized = quantize.quantized_layer_names(vlm_weights)
         checkpoint.assign_weights(vlm, vlm_weights, dtype, ignore=lambda name: (
             (tied and name == "language_model.lm_head.weight") or _part_of(name, quantized)))
+        _restore_rotary_buffers(vlm)
+        if tied and "language_model.model.embed_tokens" not in quantized:  # an int8 table is tied when installed
+            vlm.language_model.tie_weights()
         if quantized:
             quantize.load_quantized_layers(vlm, vlm_weights, quantization, dtype, "cpu" if offload else target)
-        _restore_rotary_buffers(vlm)
-        if tied:
-            vlm.language_model.tie_weights()
         checkpoint.ensure_materialized(vlm, folders["vlm"])
 
         with checkpoint.build_empty():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,8 +77,34 @@ def test_quantized_backbone_runs_on_cpu_and_stays_close(tiny_dir, method, tolera
     layers = [m for n, m in pipe.vlm.named_modules() if n.startswith("language_model.model.layers.")
               and type(m).__name__ in ("Linear8bitLt", "Linear4bit")]
     assert len(layers) == 7 * lm.config.num_hidden_layers
+    if lm.config.tie_word_embeddings:
+        assert isinstance(pipe.vlm.get_submodule(quantize.TOKEN_TABLE), quantize.Int8TokenTable)
     with torch.no_grad():
         got = lm(input_ids=ids, output_hidden_states=True).hidden_states[-1]
     relative = float((got - reference).norm() / reference.norm())
     assert 0 < relative < tolerance
     assert quantize.weight_bytes(lm) < float_bytes
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("model", ["tiny", "nano"])  # untied LM head; tied (the int8 token table)
+def test_a_saved_quantized_backbone_loads_back_to_the_same_numbers(tiny_dir, tmp_path, method, model):
+    """Export, load the folder, and get exactly what the in-memory quantized model computes."""
+    pytest.importorskip("bitsandbytes")
+    from internvlu.export.exporter import export_model
+    from internvlu.runtime.pipeline import InternVLUPipeline
+
+    source = tiny_dir if model == "tiny" else Path(__file__).resolve().parents[2] / "internvlu" / "models" / "nano"
+    out = tmp_path / method
+    export_model(source, model, out, method, "none", log=lambda _: None)
+    loaded = InternVLUPipeline.from_pretrained(out, torch_dtype=torch.float32)
+    memory = InternVLUPipeline.from_pretrained(source, torch_dtype=torch.float32)
+    quantize.quantize_backbone(memory.vlm, method)
+    tied = memory.vlm.language_model.config.tie_word_embeddings
+    assert tied == (model == "nano")
+    assert isinstance(loaded.vlm.get_submodule(quantize.TOKEN_TABLE), quantize.Int8TokenTable) == tied
+    ids = torch.tensor([[3, 40, 41, 200, 9]])
+    with torch.no_grad():
+        a = loaded.vlm.language_model(input_ids=ids).logits
+        b = memory.vlm.language_model(input_ids=ids).logits
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
