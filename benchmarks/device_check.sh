@@ -60,3 +60,11 @@ timeout 150 bash -c "python3 -m internvlu.runtime.synthetic '$WORK/full' --size 
   && python3 benchmarks/bench_generate.py --model '$WORK/full' --device $DEVICE --resolution 1024 --steps 4" \
   >"$OUT/bench_full.log" 2>&1
 tail -3 "$OUT/bench_full.log"
+
+# 4. (RUN_EXPORT_BENCH=1) every backend x backbone precision on the same `full` checkpoint at 1024x1024: the
+#    int8/int4 rows need bitsandbytes carried as a wheel (.whl/), the ONNX rows run on ONNX Runtime's CPU
+#    provider unless onnxruntime-gpu is carried; the export of the 1.8 B-parameter head alone takes minutes.
+if [ "${RUN_EXPORT_BENCH:-0}" = 1 ]; then
+  timeout 420 python3 benchmarks/bench_export.py --model "$WORK/full" --device cuda --resolution 1024 --prompts 0 \
+    | tee "$OUT/bench_export_full.jsonl"
+fi
