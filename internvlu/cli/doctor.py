@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Annotated, Optional
-
-import typer
 
 from internvlu import presets
 from internvlu.cli import options as opt
