@@ -55,11 +55,14 @@ def _scene_item(rng: random.Random):
     return world.describe(scene), scene
 
 
-def vae_loss(pipe: InternVLUPipeline, rng: random.Random, batch: int) -> dict[str, torch.Tensor]:
+def draw_vae(rng: random.Random, batch: int) -> list[Image.Image]:
+    return [world.render(_draw(rng, _scene_item)) for _ in range(batch)]
+
+
+def vae_loss(pipe: InternVLUPipeline, images: list[Image.Image]) -> dict[str, torch.Tensor]:
     """A deterministic autoencoder loss on the posterior mean, with object pixels weighted up: they are a
     few percent of each image, and an unweighted loss settles on the background and grey blobs."""
-    scenes = [_draw(rng, _scene_item) for _ in range(batch)]
-    x = target_pixels([world.render(s) for s in scenes], pipe)[:, :, None]
+    x = target_pixels(images, pipe)[:, :, None]
     model = pipe.vae.model
     z = model.encode(x).latent_dist.mean
     # diffusers clamps the decoded pixels to [-1, 1]; the loss reads the decoder's output before that clamp,
@@ -106,14 +109,18 @@ def _answer_ids(pipe: InternVLUPipeline, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [pipe.processor.token_ids.im_end]
 
 
-def answer_loss(pipe: InternVLUPipeline, rng: random.Random, batch: int) -> dict[str, torch.Tensor]:
+def draw_answers(rng: random.Random, batch: int) -> tuple[list, list]:
+    """Questions about images, then chains of thought (reasoning, plain and edit prompts)."""
+    return [_draw(rng, _question_item) for _ in range(batch)], [_draw(rng, _thought_item) for _ in range(batch)]
+
+
+def answer_loss(pipe: InternVLUPipeline, drawn: tuple[list, list]) -> dict[str, torch.Tensor]:
     """Half understanding questions, half chains of thought (reasoning, plain and edit prompts)."""
     losses = {}
-    qa = [_draw(rng, _question_item) for _ in range(batch)]
+    qa, cot = drawn
     inputs = pipe.processor([q for q, _, _ in qa], [[im] for _, im, _ in qa], "text")
     losses["qa"] = _lm_loss(pipe, inputs.input_ids, inputs.attention_mask, [_answer_ids(pipe, a) for _, _, a in qa],
                             pipe._vit_features(inputs))
-    cot = [_draw(rng, _thought_item) for _ in range(batch)]
     edits = [c for c in cot if c.source is not None]
     plain = [c for c in cot if c.source is None]
     for name, items in (("cot", plain), ("cot_edit", edits)):
@@ -188,7 +195,14 @@ def flow_items(rng: random.Random, task: str, batch: int, width: int, height: in
     raise ValueError(f"unknown flow task {task!r}")
 
 
-def flow_loss(pipe: InternVLUPipeline, items: list[FlowItem], rng: random.Random, generator: torch.Generator) -> torch.Tensor:
+def draw_flow(rng: random.Random, task: str, batch: int, width: int, height: int) -> tuple[list[FlowItem], list[int]]:
+    """The samples, then the CFG branch each is trained on (full condition, text dropped, all dropped)."""
+    items = flow_items(rng, task, batch, width, height)
+    return items, rng.choices(range(3), weights=BRANCH_WEIGHTS, k=len(items))
+
+
+def flow_loss(pipe: InternVLUPipeline, drawn: tuple[list[FlowItem], list[int]], generator: torch.Generator) -> torch.Tensor:
+    items, branches = drawn
     S = len(items)
     width, height = items[0].target.size
     images = [[it.source] if it.source is not None else [] for it in items]
@@ -204,7 +218,6 @@ def flow_loss(pipe: InternVLUPipeline, items: list[FlowItem], rng: random.Random
             padded[r, : len(t)] = torch.tensor(t)
         ids, mask = splice_thoughts(ids, mask, padded, pipe.processor.token_ids)
     conditioning = pipe._conditioning(inputs, ids, mask)
-    branches = rng.choices(range(3), weights=BRANCH_WEIGHTS, k=S)
     samples = [conditioning.samples[conditioning.row_of_unique[b * S + s]] for s, b in enumerate(branches)]
 
     with torch.no_grad():
@@ -218,3 +231,35 @@ def flow_loss(pipe: InternVLUPipeline, items: list[FlowItem], rng: random.Random
     timestep = sigma * 1000 * head.config.timestep_scale
     velocity = head(noisy, timestep, samples).float()
     return F.mse_loss(velocity, noise - x0)
+
+
+# ---- one step's data -------------------------------------------------------------------------------------
+
+ANY_RESOLUTIONS = ((64, 64), (64, 96), (96, 64), (80, 80), (48, 64), (64, 48))
+
+
+def draw_step(rng: random.Random, tasks: dict[str, int], any_resolution: bool) -> dict[str, object]:
+    """Everything a training step takes from its random stream, task by task (pure CPU work: a data worker
+    can run it for a later step while the model trains on this one)."""
+    width, height = rng.choice(ANY_RESOLUTIONS) if any_resolution else (world.IMAGE_SIZE, world.IMAGE_SIZE)
+    drawn: dict[str, object] = {}
+    for task, batch in tasks.items():
+        if task == "vae":
+            drawn[task] = draw_vae(rng, batch)
+        elif task == "answers":
+            drawn[task] = draw_answers(rng, batch)
+        else:
+            drawn[task] = draw_flow(rng, task, batch, width, height)
+    return drawn
+
+
+def step_losses(pipe: InternVLUPipeline, drawn: dict[str, object], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    terms: dict[str, torch.Tensor] = {}
+    for task, data in drawn.items():
+        if task == "vae":
+            terms.update(vae_loss(pipe, data))
+        elif task == "answers":
+            terms.update(answer_loss(pipe, data))
+        else:
+            terms[task] = flow_loss(pipe, data, generator)
+    return terms

@@ -17,9 +17,13 @@ generators seeded by (seed, stage, step). Only safetensors and JSON are read bac
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import shutil
@@ -34,8 +38,6 @@ from safetensors.torch import load_file, save_file
 from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import losses, nano, world
 from internvlu.train.curves import plot_losses
-
-ANY_RESOLUTIONS = ((64, 64), (64, 96), (96, 64), (80, 80), (48, 64), (64, 48))
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,46 @@ def _seeded(seed: int, stage: str, step: int) -> tuple[random.Random, torch.Gene
     return random.Random(key), torch.Generator().manual_seed(digest)
 
 
+def _drawn_step(seed: int, stage: str, tasks: dict[str, int], any_resolution: bool, step: int) -> dict:
+    """One step's data, from the step's own random stream (module level, so that a worker process can run it)."""
+    rng, _ = _seeded(seed, stage, step)
+    return losses.draw_step(rng, tasks, any_resolution)
+
+
+class StepData:
+    """The data of steps `start`..`total` in order: drawn inline, or `workers` processes ahead of the model.
+
+    Each step's data depends only on (seed, stage, step), so prefetching changes nothing but the wall time;
+    on a GPU the per-sample rendering and tokenising otherwise leave it idle most of each step."""
+
+    def __init__(self, seed: int, stage: Stage, start: int, total: int, workers: int):
+        self.draw = functools.partial(_drawn_step, seed, stage.name, dict(stage.tasks), stage.any_resolution)
+        self.steps = iter(range(start, total))
+        self.pool = None
+        self.pending: collections.deque = collections.deque()
+        if workers > 0:
+            # spawn, not fork: the trainer may hold a CUDA context, which a forked child must not inherit.
+            self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(2 * workers):
+                self._submit()
+
+    def _submit(self) -> None:
+        step = next(self.steps, None)
+        if step is not None:
+            self.pending.append(self.pool.submit(self.draw, step))
+
+    def next(self, step: int) -> dict:
+        if self.pool is None:
+            return self.draw(step)
+        data = self.pending.popleft().result()
+        self._submit()
+        return data
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
 def _trainable_modules(pipe: InternVLUPipeline, parts: tuple[str, ...]) -> dict[str, torch.nn.Module]:
     table = {
         "vae": {"vae": pipe.vae.model},
@@ -103,13 +145,16 @@ class Run:
     """One training run in `folder`: created on first use, resumed afterwards."""
 
     def __init__(self, folder: Path, seed: int = 0, scale: float = 1.0, device: str = "auto",
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, data_workers: int | None = None):
         self.folder = Path(folder)
         self.model_dir = self.folder / "model"
         self.log = log
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        # Data workers: none on a CPU (they would take the cores the model trains on), several on a GPU.
+        self.data_workers = data_workers if data_workers is not None else (
+            0 if self.device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1)))
         progress = self.folder / "progress.json"
         if progress.is_file():
             self.progress = json.loads(progress.read_text())
@@ -170,12 +215,19 @@ class Run:
             self._load_optimizer(optimizer, parameters)
             self.log(f"[{stage.name}] resuming at step {start}")
         total = self.steps(stage)
+        data = StepData(self.progress["seed"], stage, start, total, self.data_workers)
+        try:
+            return self._steps(pipe, stage, optimizer, parameters, data, start, total, budget)
+        finally:
+            data.close()
+
+    def _steps(self, pipe, stage: Stage, optimizer, parameters, data: StepData, start: int, total: int, budget: list) -> bool:
         began = last_checkpoint = time.perf_counter()
         for step in range(start, total):
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(stage, total, step)
-            rng, generator = _seeded(self.progress["seed"], stage.name, step)
-            terms = self._losses(pipe, stage, rng, generator)
+            _, generator = _seeded(self.progress["seed"], stage.name, step)
+            terms = losses.step_losses(pipe, data.next(step), generator)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -201,19 +253,6 @@ class Run:
         self._checkpoint(pipe, None, parameters, None, 0)
         plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
         return True
-
-    def _losses(self, pipe: InternVLUPipeline, stage: Stage, rng: random.Random, generator: torch.Generator) -> dict:
-        terms: dict[str, torch.Tensor] = {}
-        width, height = rng.choice(ANY_RESOLUTIONS) if stage.any_resolution else (world.IMAGE_SIZE, world.IMAGE_SIZE)
-        for task, batch in stage.tasks.items():
-            if task == "vae":
-                terms.update(losses.vae_loss(pipe, rng, batch))
-            elif task == "answers":
-                terms.update(losses.answer_loss(pipe, rng, batch))
-            else:
-                items = losses.flow_items(rng, task, batch, width, height)
-                terms[task] = losses.flow_loss(pipe, items, rng, generator)
-        return terms
 
     def _record(self, stage: Stage, step: int, terms: dict[str, float]) -> None:
         with open(self.folder / "losses.jsonl", "a") as f:

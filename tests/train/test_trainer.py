@@ -84,6 +84,15 @@ def test_an_interrupted_run_resumes_to_the_same_weights(short_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_data_workers_change_nothing_but_the_wall_time(short_run, tmp_path):
+    """Two processes drawing the data ahead of the model give the same weights as drawing it inline."""
+    straight, _, _ = short_run
+    folder = tmp_path / "prefetched"
+    assert Run(folder, seed=0, log=lambda _: None, data_workers=2).train(SHORT)
+    a, b = _weights(straight), _weights(folder)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_every_step_draws_its_own_data_and_noise():
     def draw(stage, step):
         rng, generator = _seeded(0, stage, step)
