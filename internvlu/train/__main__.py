@@ -18,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's step count (e.g. 0.01 for a smoke run)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--data-workers", type=int, default=None,
-                        help="processes drawing training data ahead of the model (default: 0 on CPU, up to 8 on CUDA)")
+    parser.add_argument("--data-workers", type=int, default=0,
+                        help="processes drawing training data ahead of the model (identical weights; for long GPU runs)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (checkpointed); the same command resumes")
     args = parser.parse_args(argv)

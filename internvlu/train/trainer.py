@@ -152,9 +152,9 @@ class Run:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        # Data workers: none on a CPU (they would take the cores the model trains on), several on a GPU.
-        self.data_workers = data_workers if data_workers is not None else (
-            0 if self.device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1)))
+        # Opt-in: on a CPU workers take the cores the model trains on, and on an H200 a 40-step stage-1 run was
+        # slower with 8 (spawning them cost more than the data they drew; benchmarks/results/README.md).
+        self.data_workers = data_workers or 0
         progress = self.folder / "progress.json"
         if progress.is_file():
             self.progress = json.loads(progress.read_text())
