@@ -12,7 +12,7 @@ from .helpers import FAST, run_cli, start_cli
 from internvlu.images import read_recipe
 
 COMMANDS = [["gen"], ["edit"], ["ask"], ["batch"], ["info"], ["models"], ["models", "pull"], ["models", "list"],
-            ["models", "rm"], ["presets"], ["presets", "list"], ["presets", "show"]]
+            ["models", "rm"], ["presets"], ["presets", "list"], ["presets", "show"], ["eval"], ["export"], ["doctor"]]
 
 
 def test_help_as_a_process(cli):
