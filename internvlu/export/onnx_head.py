@@ -14,8 +14,10 @@ precision. Files larger than protobuf's 2 GB limit keep their weights in `model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -85,19 +87,18 @@ def export_head(head: nn.Module, path: Path) -> None:
     program.save(str(path), external_data=sum(p.numel() for p in head.parameters()) * 4 > 1 << 30)
 
 
-class _quiet_exporter:
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
     """The dynamo exporter logs every phase at INFO/WARNING; a CLI export should print only its own lines."""
-
-    def __enter__(self):
-        self.levels = {}
-        for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript"):
-            logger = logging.getLogger(name)
-            self.levels[name] = logger.level
-            logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        for name, level in self.levels.items():
-            logging.getLogger(name).setLevel(level)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class OnnxRuntimeStep:
