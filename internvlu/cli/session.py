@@ -90,6 +90,9 @@ class Interrupt:
             self.requested = True
             self.ui.warn("stopping after this step (press Ctrl-C again to stop now)")
 
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. under nohup: Ctrl-C was switched off on purpose
+            yield
+            return
         previous = signal.signal(signal.SIGINT, handler)
         try:
             yield

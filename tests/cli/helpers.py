@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,15 @@ def run_cli(*args, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess
                           timeout=timeout, env=subprocess_env(), **kwargs)
 
 
+def _interactive_signals() -> None:
+    # A test run started in the background (`cmd &`, nohup) passes SIGINT on as ignored; a user's shell does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "internvlu", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=subprocess_env(), **kwargs)
+                            stderr=subprocess.PIPE, text=True, env=subprocess_env(), preexec_fn=_interactive_signals,
+                            **kwargs)
 
 
 def pixels(path: Path) -> bytes:
