@@ -110,3 +110,25 @@ def test_the_same_recipe_gives_the_same_png_bytes(cli, model_dir, tmp_path):
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     replay = cli("gen", "--from", tmp_path / "a.png", "-o", tmp_path / "c.png")
     assert replay.code == 0 and (tmp_path / "c.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+
+
+def test_an_inherited_ignored_ctrl_c_stays_ignored(tmp_path, model_dir):
+    """Under nohup (SIGINT ignored by the parent) Ctrl-C neither stops the run nor half-stops it."""
+    import signal as signals
+    import subprocess
+    import sys
+
+    from .helpers import subprocess_env
+
+    process = subprocess.Popen([sys.executable, "-m", "internvlu", "gen", "x", "--model", str(model_dir), "--size", "64x64",
+                                "--steps", "60", "-o", str(tmp_path / "x.png")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                               preexec_fn=lambda: signals.signal(signals.SIGINT, signals.SIG_IGN))
+    seen = ""
+    while "generating" not in seen:
+        assert process.poll() is None, seen
+        seen += process.stderr.readline()
+    process.send_signal(signals.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert (tmp_path / "x.png").is_file()
