@@ -168,7 +168,12 @@ def test_ctrl_c_stops_between_steps_and_leaves_no_file(cli, model_dir, monkeypat
         return original(self, *args, callback=interrupting, **kwargs)
 
     monkeypatch.setattr(InternVLUPipeline, "__call__", call)
-    result = cli("gen", "x", "--model", model_dir, "--size", "32x32", "--steps", 6, "--out-dir", "stopped")
+    # As in a user's shell, even when the test run itself was started with SIGINT ignored (nohup, `&`).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = cli("gen", "x", "--model", model_dir, "--size", "32x32", "--steps", 6, "--out-dir", "stopped")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.code == 130
     assert result.stderr.strip().splitlines()[-1] == "error: interrupted"
     assert steps_run == [0]
