@@ -71,7 +71,8 @@ Dtype = Annotated[Optional[DtypeChoice], typer.Option(
     case_sensitive=False, show_default="auto", rich_help_panel=MODEL_PANEL)]
 Backend = Annotated[Optional[BackendChoice], typer.Option(
     "--backend", help="Runs the image head's denoise step: torch, onnx (ONNX Runtime) or trt (TensorRT); auto uses "
-    "what `internvlu export` put in the model folder.", case_sensitive=False, show_default="auto",
+    "what `internvlu export` put in the model folder when it can run on this device, else torch.",
+    case_sensitive=False, show_default="auto",
     rich_help_panel=MODEL_PANEL)]
 
 # ---- output and logging ---------------------------------------------------------------------------

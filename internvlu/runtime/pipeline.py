@@ -504,7 +504,6 @@ def splice_thoughts(ids: torch.Tensor, mask: torch.Tensor, thoughts: torch.Tenso
     return new_ids, new_mask
 
 
-
 def _part_of(name: str, quantized_layers: set[str]) -> bool:
     if not quantized_layers:
         return False
@@ -514,6 +513,15 @@ def _part_of(name: str, quantized_layers: set[str]) -> bool:
 
 
 HEAD_BACKENDS = ("auto", "torch", "onnx", "trt")
+
+
+def _onnx_runs_on_cuda() -> bool:
+    """Whether the installed ONNX Runtime has a CUDA provider (onnxruntime-gpu): `auto` then prefers it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def _install_head_backend(head, backend: str, manifest: dict | None, root: Path, device: torch.device) -> str:
@@ -527,7 +535,7 @@ def _install_head_backend(head, backend: str, manifest: dict | None, root: Path,
         backend = "torch"
         if exported == "trt" and device.type == "cuda":
             backend = "trt"
-        elif exported in ("onnx", "trt"):
+        elif exported in ("onnx", "trt") and (device.type == "cpu" or _onnx_runs_on_cuda()):
             backend = "onnx"
     if backend == "torch":
         return backend
