@@ -134,9 +134,16 @@ def quantized_layer_names(tensor_names: Iterable[str]) -> set[str]:
     return names
 
 
+def layer_of(name: str, layers: set[str]) -> str | None:
+    """The quantized layer that tensor `name` belongs to (`x.weight`, `x.SCB`, `x.weight.absmax`...), if any."""
+    for candidate in (name.rpartition(".")[0], name.partition(".weight.")[0]):
+        if candidate in layers:
+            return candidate
+    return None
+
+
 def belongs_to(name: str, layers: set[str]) -> bool:
-    """Whether tensor `name` is part of one of the quantized `layers`."""
-    return name.rpartition(".")[0] in layers or name.partition(".weight.")[0] in layers
+    return layer_of(name, layers) is not None
 
 
 def load_quantized_layers(vlm: nn.Module, weights: Mapping[str, torch.Tensor], method: str, dtype: torch.dtype,
@@ -148,8 +155,8 @@ def load_quantized_layers(vlm: nn.Module, weights: Mapping[str, torch.Tensor], m
     layers = quantized_layer_names(weights)
     tensors_of: dict[str, dict[str, str]] = {layer: {} for layer in layers}
     for name in weights:
-        layer = name.rpartition(".")[0] if name.rpartition(".")[0] in layers else name.partition(".weight.")[0]
-        if layer in layers:
+        layer = layer_of(name, layers)
+        if layer is not None:
             tensors_of[layer][name[len(layer) + 1:]] = name
     for name in sorted(layers):
         if name == TOKEN_TABLE:
