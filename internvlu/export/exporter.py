@@ -28,6 +28,7 @@ import internvlu
 from internvlu.errors import UsageError
 from internvlu.export import manifest as manifest_module
 from internvlu.export import onnx_head, quantize
+from internvlu.images import file_sha256
 from internvlu.runtime import checkpoint
 
 HEADS = ("onnx", "trt", "none")
@@ -141,7 +142,7 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
             "backbone": backbone_record,
             "head": head_record,
-            "artifacts": {name: {"bytes": (staging / name).stat().st_size, "sha256": manifest_module.sha256_file(staging / name)}
+            "artifacts": {name: {"bytes": (staging / name).stat().st_size, "sha256": file_sha256(staging / name)}
                           for name in artifacts},
             "seconds": round(time.perf_counter() - started, 1),
         }

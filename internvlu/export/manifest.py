@@ -8,12 +8,12 @@ or graph) are refused with a one-line hint to rebuild.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 from pathlib import Path
 
 from internvlu.errors import CheckpointError
+from internvlu.images import file_sha256
 
 FILE = "manifest.json"
 FORMAT = "internvlu-export"
@@ -26,14 +26,6 @@ def library_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _minor(version: str | None) -> str | None:
@@ -69,7 +61,7 @@ def verify_artifacts(folder: Path, manifest: dict, names: list[str]) -> None:
             raise CheckpointError(f"{folder / FILE} does not record `{name}`; re-export the model")
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; re-export the model")
-        if path.stat().st_size != record.get("bytes") or sha256_file(path) != record["sha256"]:
+        if path.stat().st_size != record.get("bytes") or file_sha256(path) != record["sha256"]:
             raise CheckpointError(f"{path} does not match its manifest (modified or truncated); re-export the model, "
                                   "and do not load it as it is")
 
