@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from internvlu.errors import CheckpointError, UsageError
+from internvlu.export import optional_module
 from internvlu.runtime.mmdit import timestep_features
 
 OPSET = 23
@@ -32,11 +33,7 @@ OUTPUT_NAME = "velocity_tokens"
 
 
 def onnxruntime():
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise UsageError("the ONNX backend needs onnxruntime: pip install 'internvlu[onnx]'") from exc
-    return ort
+    return optional_module("onnxruntime", "the ONNX backend needs onnxruntime: pip install 'internvlu[onnx]'")
 
 
 class _DenoiseStep(nn.Module):
@@ -65,11 +62,8 @@ def example_inputs(head: nn.Module, batch: int, image_tokens: int, text_tokens: 
 
 def export_head(head: nn.Module, path: Path) -> None:
     """Write the float32 denoise step of `head` to `path` (an `.onnx` file)."""
-    try:
-        import onnx  # noqa: F401  (the exporter needs it; fail with our message, not deep inside torch)
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        raise UsageError("ONNX export needs onnx and onnxscript: pip install 'internvlu[onnx]'") from exc
+    for name in ("onnx", "onnxscript"):  # torch's exporter needs both: fail with our message, not deep inside torch
+        optional_module(name, "ONNX export needs onnx and onnxscript: pip install 'internvlu[onnx]'")
     if head.dtype != torch.float32:
         raise ValueError("export the head from a float32 model")
     batch, tokens, text = (torch.export.Dim(n) for n in ("batch", "image_tokens", "text_tokens"))

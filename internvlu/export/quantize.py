@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from internvlu.errors import CheckpointError, UsageError
+from internvlu.export import optional_module
 
 METHODS = ("int8", "int4")
 NF4_BLOCKSIZE = 64
@@ -27,11 +28,7 @@ LM_HEAD = "language_model.lm_head"
 
 
 def bitsandbytes():
-    try:
-        import bitsandbytes as bnb
-    except ImportError as exc:
-        raise UsageError("quantized backbones need bitsandbytes: pip install 'internvlu[quant]'") from exc
-    return bnb
+    return optional_module("bitsandbytes", "quantized backbones need bitsandbytes: pip install 'internvlu[quant]'")
 
 
 def quantizable_linears(vlm: nn.Module) -> dict[str, nn.Linear]:

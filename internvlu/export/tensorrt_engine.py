@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from internvlu.errors import CheckpointError, UsageError
-from internvlu.export import onnx_head
+from internvlu.export import onnx_head, optional_module
 from internvlu.runtime.mmdit import TIMESTEP_CHANNELS
 
 # Square output sides (pixels) spanned by the profile; condition images may add up to two more targets' worth.
@@ -30,11 +30,7 @@ def require():
     if not torch.cuda.is_available():
         raise UsageError("--head trt builds a TensorRT engine for this machine's NVIDIA GPU, and none is available; "
                          "use --head onnx here and build the engine on the GPU host")
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise UsageError("--head trt needs TensorRT: pip install 'internvlu[trt]' on the GPU host") from exc
-    return trt
+    return optional_module("tensorrt", "--head trt needs TensorRT: pip install 'internvlu[trt]' on the GPU host")
 
 
 def gpu_identity() -> tuple[str, str]:
