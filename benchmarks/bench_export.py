@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import subprocess
@@ -97,7 +98,7 @@ def main() -> None:
 
     ref = resolve(args.model)
     source = WeightSource(ref.path / "vlm", "model")
-    bf16_bytes = 2 * sum(_numel(source.shape(n)) for n in source if n.startswith("language_model."))
+    bf16_bytes = 2 * sum(math.prod(source.shape(n)) for n in source if n.startswith("language_model."))
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     with tempfile.TemporaryDirectory() as scratch:
         for backbone in BACKBONES:
@@ -118,13 +119,6 @@ def main() -> None:
                                   "backbone": backbone, **measured, "backbone_weight_bytes": stored,
                                   "backbone_weight_ratio_vs_bf16": round(stored / bf16_bytes, 3),
                                   "resolution": args.resolution, "prompts_per_task": args.prompts}, separators=(",", ":")), flush=True)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":

@@ -92,11 +92,11 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
         shutil.copytree(source, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".*"))
         log(f"loading {model_label} in float32")
         pipe = InternVLUPipeline.from_pretrained(source, torch_dtype=torch.float32)
-        float_bytes = quantize.weight_bytes(pipe.vlm.language_model)
         artifacts: list[str] = []
         backbone_record: dict = {"quantization": backbone}
         if backbone != "none":
             stored = _weights_dtype(source / "vlm", "model")
+            float_bytes = quantize.weight_bytes(pipe.vlm.language_model)
             log(f"quantizing the language model to {backbone} (bitsandbytes)")
             pipe.vlm.to(stored)
             quantize.quantize_backbone(pipe.vlm, backbone)

@@ -9,6 +9,7 @@ element size. It is an estimate (about +-30%), meant to tell what fits and what 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,19 +37,12 @@ class ParameterCounts:
         return self.vision + self.language_linears + self.language_other + self.head + self.vae
 
 
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def count_parameters(root: Path) -> ParameterCounts:
     counts = {"vision": 0, "language_linears": 0, "language_other": 0, "head": 0, "vae": 0}
     for component, stem in (("vlm", "model"), ("generation_decoder", "model"), ("vae", "diffusion_pytorch_model")):
         source = checkpoint.WeightSource(checkpoint.component_dir(root, component), stem)
         for name in source:
-            n = _numel(source.shape(name))
+            n = math.prod(source.shape(name))
             if component == "generation_decoder":
                 counts["head"] += n
             elif component == "vae":

@@ -33,6 +33,8 @@ from PIL import Image
 from transformers import GenerationConfig
 
 from internvlu.errors import CheckpointError, UsageError
+from internvlu.export import manifest as export_manifest
+from internvlu.export import quantize
 from internvlu.runtime import checkpoint
 from internvlu.runtime.backbone import InternVLUChatModel, special_token_strings
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
@@ -112,8 +114,6 @@ class InternVLUPipeline:
         `backend` runs the head's denoise step in torch, ONNX Runtime (`onnx`) or TensorRT (`trt`); `auto`
         takes the exported one when the folder has it. Quantized layers are loaded straight onto `device`;
         with `offload`, components rest in CPU memory and visit `device` in turn (`enable_offload`)."""
-        from internvlu.export import manifest as export_manifest
-
         dtype = resolve_dtype(torch_dtype)
         root = checkpoint.resolve_model_dir(name_or_path, revision)
         read_json(root / "model_index.json")
@@ -137,12 +137,10 @@ class InternVLUPipeline:
         quantization = manifest["backbone"].get("quantization", "none") if manifest else "none"
         quantized: set[str] = set()
         if quantization != "none":
-            from internvlu.export import quantize
-
             export_manifest.check_backbone_runtime(root, manifest)
             quantized = quantize.quantized_layer_names(vlm_weights)
         checkpoint.assign_weights(vlm, vlm_weights, dtype, ignore=lambda name: (
-            (tied and name == "language_model.lm_head.weight") or _part_of(name, quantized)))
+            (tied and name == "language_model.lm_head.weight") or quantize.belongs_to(name, quantized)))
         _restore_rotary_buffers(vlm)
         if tied and "language_model.model.embed_tokens" not in quantized:  # an int8 table is tied when installed
             vlm.language_model.tie_weights()
@@ -504,14 +502,6 @@ def splice_thoughts(ids: torch.Tensor, mask: torch.Tensor, thoughts: torch.Tenso
     return new_ids, new_mask
 
 
-def _part_of(name: str, quantized_layers: set[str]) -> bool:
-    if not quantized_layers:
-        return False
-    from internvlu.export import quantize
-
-    return quantize.belongs_to(name, quantized_layers)
-
-
 HEAD_BACKENDS = ("auto", "torch", "onnx", "trt")
 
 
@@ -526,8 +516,6 @@ def _onnx_runs_on_cuda() -> bool:
 
 def _install_head_backend(head, backend: str, manifest: dict | None, root: Path, device: torch.device) -> str:
     """Point the head's denoise step at the chosen backend; returns the backend's name."""
-    from internvlu.export import manifest as export_manifest
-
     if backend not in HEAD_BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(HEAD_BACKENDS)}")
     exported = manifest["head"].get("format", "none") if manifest else "none"
