@@ -129,33 +129,6 @@ def stdout_writer(stream: TextIO) -> Callable[[str, bool], None]:
 
 # ---- the session -------------------------------------------------------------------------------------
 
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but no CUDA GPU is available to torch; use --device cpu (or auto)")
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise UsageError("--device mps, but Apple's MPS backend is not available here; use --device cpu (or auto)")
-    if name not in ("cuda", "cpu", "mps"):
-        raise UsageError(f"device {name!r} is unknown; use auto, cuda, cpu or mps")
-    return name
-
-
-def pick_dtype(name: str | None, device: str) -> str:
-    if name in (None, "auto"):
-        return "bfloat16" if device == "cuda" else "float32"
-    if name not in presets.DTYPES:
-        raise UsageError(f"dtype {name!r} is unknown; use {', '.join(presets.DTYPES)}")
-    return name
-
-
 class Session:
     def __init__(self, ui: UI, model: str, device: str = "auto", dtype: str | None = None, revision: str | None = None,
                  backend: str = "auto", offload: bool = False, vae_tiling: bool = False, compile: bool = False):
@@ -175,6 +148,7 @@ class Session:
         self.load_s = 0.0
 
     def load(self) -> "Session":
+        from internvlu.runtime.device import pick_device, pick_dtype
         from internvlu.runtime.pipeline import InternVLUPipeline
 
         start = time.perf_counter()

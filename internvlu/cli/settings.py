@@ -16,13 +16,13 @@ from pathlib import Path
 
 from internvlu import presets
 from internvlu.errors import UsageError
+from internvlu.limits import DEVICES, MAX_IMAGES_PER_COMMAND, MAX_SEED
 from internvlu.images import exists_error, write_error
 
 SHAPE_KEYS = ("size", "aspect")
 CONFIG_KEYS = {**presets.SETTINGS, "preset": presets.string_value, "model": presets.string_value,
-               "device": lambda v: _choice(v, ("auto", "cuda", "cpu", "mps")),
+               "device": lambda v: _choice(v, DEVICES),
                "backend": lambda v: _choice(v, ("auto", "torch", "onnx", "trt"))}
-MAX_SEED = 2**63 - 1
 FLAGS = {"steps": "--steps", "cfg": "--cfg", "part_cfg": "--part-cfg", "size": "--size", "aspect": "--aspect",
          "cot": "--cot", "max_new_tokens": "--cot-tokens", "dtype": "--dtype"}
 
@@ -127,8 +127,8 @@ def random_seed() -> int:
 
 def plan_seeds(seeds: list[int], count: int | None, fallback: int | None = None) -> list[int]:
     """One seed per image: a list as given, or `count` consecutive seeds from the first one."""
-    if count is not None and not 1 <= count <= 1000:
-        raise UsageError(f"-n {count} must be from 1 to 1000")
+    if count is not None and not 1 <= count <= MAX_IMAGES_PER_COMMAND:
+        raise UsageError(f"-n {count} must be from 1 to {MAX_IMAGES_PER_COMMAND}")
     if len(seeds) > 1:
         if count is not None and count != len(seeds):
             raise UsageError(f"{len(seeds)} seeds but -n {count}; give either a list of seeds or -n with one seed")

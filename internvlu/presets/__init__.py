@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from internvlu.errors import UsageError
+from internvlu.limits import DTYPE_NAMES, MAX_ASPECT, MAX_NEW_TOKENS, MAX_SIDE, MAX_STEPS, MIN_SIDE
 
 BUILTIN_DIR = Path(__file__).parent
-MIN_SIDE, MAX_SIDE = 16, 4096
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -42,8 +41,8 @@ def parse_aspect(text: str) -> tuple[float, float]:
     if not match:
         raise UsageError(f"aspect {text!r} is not W:H; use e.g. 16:9, 3:4 or 1:1")
     a, b = float(match.group(1)), float(match.group(2) or 1)
-    if a <= 0 or b <= 0 or max(a / b, b / a) > 16:
-        raise UsageError(f"aspect {text!r} must be positive and at most 16:1 either way")
+    if a <= 0 or b <= 0 or max(a / b, b / a) > MAX_ASPECT:
+        raise UsageError(f"aspect {text!r} must be positive and at most {MAX_ASPECT}:1 either way")
     return a, b
 
 
@@ -86,8 +85,8 @@ def string_value(value: object) -> str:
 
 
 def _dtype(value: object) -> str:
-    if value not in DTYPES:
-        raise ValueError(f"must be one of {', '.join(DTYPES)}")
+    if value not in DTYPE_NAMES:
+        raise ValueError(f"must be one of {', '.join(DTYPE_NAMES)}")
     return value
 
 
@@ -103,13 +102,13 @@ def _aspect(value: object) -> str:
 
 # key -> validator; the validators return the value or raise ValueError / UsageError.
 SETTINGS: dict[str, Callable[[object], object]] = {
-    "steps": _integer(1, 1000),
+    "steps": _integer(1, MAX_STEPS),
     "cfg": _number,
     "part_cfg": _number,
     "size": _size,
     "aspect": _aspect,
     "cot": _boolean,
-    "max_new_tokens": _integer(1, 4096),
+    "max_new_tokens": _integer(1, MAX_NEW_TOKENS),
     "dtype": _dtype,
     "offload": _boolean,
     "vae_tiling": _boolean,

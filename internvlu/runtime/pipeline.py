@@ -33,10 +33,12 @@ from PIL import Image
 from transformers import GenerationConfig
 
 from internvlu.errors import CheckpointError, UsageError
+from internvlu.limits import MAX_IMAGES_PER_PROMPT, MAX_SIDE, MAX_STEPS
 from internvlu.export import manifest as export_manifest
 from internvlu.export import quantize
 from internvlu.runtime import checkpoint
 from internvlu.runtime.backbone import InternVLUChatModel, special_token_strings
+from internvlu.runtime.device import torch_dtype as torch_dtype_of
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
 from internvlu.runtime.mmdit import SampleInputs
@@ -48,11 +50,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_MODE_DEFAULTS = {"all_cfg_scale": 4.5, "part_cfg_scale": 2.0, "num_inference_steps": 20}
 COT_MODE_DEFAULTS = {"all_cfg_scale": 3.5, "part_cfg_scale": 1.5, "num_inference_steps": 20, "max_new_tokens": 200}
-MAX_SIDE = 4096
-MAX_STEPS = 1000
-MAX_IMAGES_PER_PROMPT = 64
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass
@@ -69,19 +66,6 @@ class _Conditioning:
 
     samples: list[SampleInputs]
     row_of_unique: list[int] = field(default_factory=list)  # unique sample index for each row
-
-
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise UsageError(f"torch_dtype {dtype} is unsupported; use float32, bfloat16 or float16")
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower().removeprefix("torch.")]
-    except KeyError:
-        raise UsageError(f"dtype {dtype!r} is unknown; use float32, bfloat16 or float16") from None
 
 
 class InternVLUPipeline:
@@ -114,7 +98,7 @@ class InternVLUPipeline:
         `backend` runs the head's denoise step in torch, ONNX Runtime (`onnx`) or TensorRT (`trt`); `auto`
         takes the exported one when the folder has it. Quantized layers are loaded straight onto `device`;
         with `offload`, components rest in CPU memory and visit `device` in turn (`enable_offload`)."""
-        dtype = resolve_dtype(torch_dtype)
+        dtype = torch_dtype_of(torch_dtype)
         root = checkpoint.resolve_model_dir(name_or_path, revision)
         read_json(root / "model_index.json")
         manifest = export_manifest.read(root)

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from internvlu.runtime.device import pick_device
 from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import losses, nano, world
 from internvlu.train.curves import plot_losses
@@ -149,9 +150,7 @@ class Run:
         self.folder = Path(folder)
         self.model_dir = self.folder / "model"
         self.log = log
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(pick_device(device))
         # Opt-in: on a CPU workers take the cores the model trains on, and on an H200 a 40-step stage-1 run was
         # slower with 8 (spawning them cost more than the data they drew; benchmarks/results/README.md).
         self.data_workers = data_workers or 0

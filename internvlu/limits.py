@@ -1,0 +1,18 @@
+"""The one table of limits and choices on what a user may ask for: the CLI, the pipeline, the server and the TensorRT
+engine profile all read these, so a request refused in one place is refused (with the same numbers) in all.
+
+Sizes are output pixels per side; the lower bound of a generated side is also the model's latent-token
+stride (16 for InternVL-U), which the pipeline checks against the loaded checkpoint.
+"""
+
+MIN_SIDE = 16
+MAX_SIDE = 4096
+MAX_STEPS = 1000
+MAX_IMAGES_PER_PROMPT = 64  # num_images_per_prompt of one pipeline call
+MAX_IMAGES_PER_COMMAND = 1000  # `-n` of one CLI command (one pipeline call per image)
+MAX_NEW_TOKENS = 4096  # answers and chains of thought
+MAX_SEED = 2**63 - 1
+MAX_ASPECT = 16  # W:H or H:W
+
+DEVICES = ("auto", "cuda", "cpu", "mps")
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
