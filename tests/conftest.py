@@ -53,6 +53,20 @@ def tiny_pipe(tiny_dir):
     return InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32)
 
 
+@pytest.fixture
+def recorded_frequencies():
+    """The timestep-frequency table as float32 `exp` computed it on the recording machine.
+
+    The sinusoid's ~1e6-rad arguments turn one ulp of a frequency into ~0.03 in the features, and `exp`'s
+    last bit differs between CPUs (golden README, "Timestep embedding is ill-conditioned"). The table is
+    part of the recording's environment, like its thread count: parity tests inject it so that they check
+    our arithmetic, not this host's math library."""
+    from internvlu.runtime.mmdit import recorded_timestep_frequencies
+
+    with recorded_timestep_frequencies(golden_tensors("unit_mmdit")["time_proj_freqs"]):
+        yield
+
+
 def call_kwargs(case: str, image: Image.Image) -> dict:
     call = dict(CALLS[case])
     call["image"] = image if call["image"] else None

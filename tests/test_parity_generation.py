@@ -5,7 +5,30 @@ import pytest
 import torch
 
 from conftest import IMAGE_CASES, call_kwargs, golden_json, golden_list, golden_tensors
+from internvlu.runtime import mmdit
 from internvlu.runtime.mmdit import SampleInputs, rope_frequencies, rope_positions, timestep_features
+
+# Large frequencies, where one ulp moves the ~1e6-rad sinusoid argument the most.
+ONE_ULP_ENTRIES = [0, 2, 5, 9, 12]
+
+
+@pytest.fixture(params=["this host's exp", "another host's exp"])
+def host_exp(request, monkeypatch):
+    """Run a parity test on this host's frequency table and on one that differs from it by one ulp in a few
+    entries, as another CPU's float32 exp does: with the recorded table injected, both must pass."""
+    if request.param == "another host's exp":
+        host = mmdit.device_timestep_frequencies
+
+        def one_ulp_off(device):
+            table = host(device).clone()
+            table[ONE_ULP_ENTRIES] = torch.nextafter(table[ONE_ULP_ENTRIES], torch.tensor(2.0, device=device))
+            return table
+
+        monkeypatch.setattr(mmdit, "device_timestep_frequencies", one_ulp_off)
+    return request.param
+
+
+pytestmark = pytest.mark.usefixtures("recorded_frequencies")
 
 
 def unit_mmdit_samples(golden) -> list[SampleInputs]:
@@ -37,7 +60,24 @@ def positions_in_reference_order(head, samples) -> torch.Tensor:
     return torch.cat(out)
 
 
-def test_unit_mmdit(tiny_pipe):
+def test_without_the_recorded_table_one_ulp_of_exp_shows(tiny_pipe, monkeypatch):
+    """The seam is really used: a host table one ulp off in a few entries, not injected, moves the features
+    and the head's output far outside the parity tolerances."""
+    golden = golden_tensors("unit_mmdit")
+    recorded = golden["time_proj_freqs"]
+    off = recorded.clone()
+    off[ONE_ULP_ENTRIES] = torch.nextafter(off[ONE_ULP_ENTRIES], torch.tensor(2.0))
+    monkeypatch.setattr(mmdit, "_recorded_frequencies", None)
+    monkeypatch.setattr(mmdit, "device_timestep_frequencies", lambda device: off.to(device))
+    assert (timestep_features(golden["timestep"]) - golden["time_proj"]).abs().max() > 1e-2
+    samples = unit_mmdit_samples(golden)
+    head = tiny_pipe.generation_decoder.decoder
+    assert (head(golden["latents"], golden["timestep"], samples) - golden["output"]).abs().max() > 1e-4
+    with mmdit.recorded_timestep_frequencies(recorded):
+        torch.testing.assert_close(timestep_features(golden["timestep"]), golden["time_proj"], atol=1e-6, rtol=0)
+
+
+def test_unit_mmdit(tiny_pipe, host_exp):
     golden = golden_tensors("unit_mmdit")
     head = tiny_pipe.generation_decoder.decoder
     samples = unit_mmdit_samples(golden)
@@ -93,7 +133,7 @@ def recorded_run(tiny_pipe, test_image, monkeypatch):
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES)
-def test_image_mode_parity(recorded_run, tiny_pipe, case):
+def test_image_mode_parity(recorded_run, tiny_pipe, case, host_exp):
     golden = golden_tensors(case)
     out, recorder, steps = recorded_run(case)
     head = tiny_pipe.generation_decoder.decoder

@@ -18,7 +18,8 @@ reproduces its position walk (`create_position_ids_3d_v3`) including the VLM-ima
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -55,13 +56,40 @@ def layer_norm_fp32(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=NORM_EPS).to(x.dtype)
 
 
-def timestep_features(timestep: torch.Tensor) -> torch.Tensor:
-    """Sinusoidal features [cos | sin] with scale 1000, in the exact float32 op order of diffusers.
+def device_timestep_frequencies(device: torch.device) -> torch.Tensor:
+    """The 128 float32 frequencies exp(-ln(10000) i / 128), computed as the official code computes them: with
+    float32 `exp` on the device that runs the head.
 
-    The argument reaches ~1e6 rad, so the order of the float32 products matters (golden README)."""
+    The sinusoid's arguments reach ~1e6 rad, so a one-ulp difference in one frequency moves its feature by up
+    to ~0.1; CPUs (Intel vs AMD, SIMD paths) and GPUs differ in that last bit, and so do the official
+    pipeline's images. Computing the table here, on the device at hand, is what matches the official model
+    best on every machine."""
     half = TIMESTEP_CHANNELS // 2
-    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=timestep.device)
-    frequencies = torch.exp(exponent / half)
+    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32, device=device)
+    return torch.exp(exponent / half)
+
+
+_recorded_frequencies: torch.Tensor | None = None
+
+
+@contextmanager
+def recorded_timestep_frequencies(table: torch.Tensor) -> Iterator[None]:
+    """Test seam: use `table` (as recorded with the goldens on their machine) instead of this device's
+    frequencies, so parity tests check our arithmetic rather than the host's math library."""
+    global _recorded_frequencies
+    previous, _recorded_frequencies = _recorded_frequencies, table.to(torch.float32)
+    try:
+        yield
+    finally:
+        _recorded_frequencies = previous
+
+
+def timestep_features(timestep: torch.Tensor) -> torch.Tensor:
+    """Sinusoidal features [cos | sin] with scale 1000, in the exact float32 op order of diffusers."""
+    if _recorded_frequencies is not None:
+        frequencies = _recorded_frequencies.to(timestep.device)
+    else:
+        frequencies = device_timestep_frequencies(timestep.device)
     args = 1000 * (timestep[:, None].float() * frequencies[None])
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
