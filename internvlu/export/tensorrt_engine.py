@@ -1,4 +1,4 @@
-"""TensorRT engine of the exported denoise step, and a runner with CUDA graphs.
+"""TensorRT engine of the exported denoise step (run by `internvlu.runtime.tensorrt_step`).
 
 The engine is built from `model.onnx` (opset 23: TensorRT's ONNX parser maps each `Attention` node onto
 its fused multi-head attention) in bfloat16 where the GPU supports it, else float16, with one
@@ -6,7 +6,7 @@ optimization profile spanning the preset resolutions (min / opt / max image and 
 timing cache kept beside the engine, so rebuilding on the same GPU is fast.
 
 TensorRT cannot be installed on machines without an NVIDIA GPU: there `require()` raises a clear error,
-the tests skip, and `benchmarks/bench_tensorrt.py` builds and checks an engine on a GPU host.
+the GPU tests skip, and `benchmarks/bench_tensorrt.py` builds and checks an engine on a GPU host.
 """
 
 from __future__ import annotations
@@ -16,26 +16,13 @@ from pathlib import Path
 
 import torch
 
-from internvlu.errors import CheckpointError, UsageError
-from internvlu.export import onnx_head, optional_module
 from internvlu.runtime.mmdit import TIMESTEP_CHANNELS
+from internvlu.runtime.tensorrt_step import gpu_identity, require
 
 # Square output sides (pixels) spanned by the profile; condition images may add up to two more targets' worth.
 MIN_SIDE, OPT_SIDE, MAX_SIDE = 256, 1024, 2048
 MAX_CONDITION_IMAGES = 2
 OPT_BATCH, MAX_BATCH = 3, 12  # one prompt's three CFG rows; four prompts
-
-
-def require():
-    if not torch.cuda.is_available():
-        raise UsageError("--head trt builds a TensorRT engine for this machine's NVIDIA GPU, and none is available; "
-                         "use --head onnx here and build the engine on the GPU host")
-    return optional_module("tensorrt", "--head trt needs TensorRT: pip install 'internvlu[trt]' on the GPU host")
-
-
-def gpu_identity() -> tuple[str, str]:
-    major, minor = torch.cuda.get_device_capability()
-    return torch.cuda.get_device_name(), f"{major}.{minor}"
 
 
 def token_profile(decoder_config, vae_factor: int) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -91,44 +78,3 @@ def build_engine(onnx_path: Path, engine_path: Path, decoder_config, vae_factor:
     log(f"engine built for {gpu} ({capability}), {precision}")
     return {"tensorrt": trt.__version__, "gpu": gpu, "compute_capability": capability, "precision": precision,
             "profile": {name: [list(s) for s in value] for name, value in shapes.items()}}
-
-
-class TensorRTStep:
-    """Runs the engine on torch CUDA tensors; each distinct input shape is captured once as a CUDA graph."""
-
-    def __init__(self, engine_path: Path):
-        trt = require()
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
-            raise CheckpointError(f"{engine_path}: TensorRT cannot load this engine; rebuild it with `internvlu export --head trt`")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
-
-    def _bind(self, inputs: list[torch.Tensor], output: torch.Tensor) -> None:
-        for name, tensor in zip(onnx_head.INPUT_NAMES, inputs):
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        self.context.set_tensor_address(onnx_head.OUTPUT_NAME, output.data_ptr())
-
-    def __call__(self, image_tokens, context, valid, cos, sin, time_features) -> torch.Tensor:
-        inputs = [image_tokens.float().contiguous(), context.float().contiguous(), valid.contiguous(),
-                  cos.float().contiguous(), sin.float().contiguous(), time_features.float().contiguous()]
-        key = tuple(tuple(t.shape) for t in inputs)
-        if key not in self.graphs:
-            static = [t.clone() for t in inputs]
-            out_features = self.engine.get_tensor_shape(onnx_head.OUTPUT_NAME)[-1]
-            output = torch.empty(*image_tokens.shape[:2], out_features, device=image_tokens.device)
-            self._bind(static, output)
-            with torch.cuda.stream(self.stream):
-                self.context.execute_async_v3(self.stream.cuda_stream)  # warm-up outside the capture
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.stream):
-                    self.context.execute_async_v3(self.stream.cuda_stream)
-            self.graphs[key] = (graph, static, output)
-        graph, static, output = self.graphs[key]
-        for buffer, value in zip(static, inputs):
-            buffer.copy_(value)
-        graph.replay()
-        return output.clone()

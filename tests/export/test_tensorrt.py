@@ -10,6 +10,7 @@ if not torch.cuda.is_available():
     pytest.skip("TensorRT engines need a CUDA GPU", allow_module_level=True)
 
 from internvlu.export import onnx_head, tensorrt_engine  # noqa: E402
+from internvlu.runtime.tensorrt_step import TensorRTStep  # noqa: E402
 
 
 def test_engine_matches_torch_and_replays_as_a_cuda_graph(tiny_pipe, tmp_path):
@@ -19,7 +20,7 @@ def test_engine_matches_torch_and_replays_as_a_cuda_graph(tiny_pipe, tmp_path):
     record = tensorrt_engine.build_engine(onnx_path, engine_path, tiny_pipe.generation_decoder.config,
                                           tiny_pipe.vae.scale_factor, log=lambda _: None)
     assert record["compute_capability"] == "{}.{}".format(*torch.cuda.get_device_capability())
-    step = tensorrt_engine.TensorRTStep(engine_path)
+    step = TensorRTStep(engine_path)
     cuda_head = head.to("cuda")
     for batch, image_tokens, text_tokens in [(1, 16, 9), (3, 64, 21)]:
         inputs = [t.cuda() for t in onnx_head.example_inputs(head, batch, image_tokens, text_tokens)]
