@@ -3,7 +3,7 @@
 `int8` is LLM.int8 (bitsandbytes `Linear8bitLt`, per-row absmax int8), `int4` is 4-bit NF4 (`Linear4bit`,
 double-quantized absmax) for the transformer layers' projections. The token table, tied to the LM head (18% of
 Qwen3-1.7B), is stored as int8 with one scale per row in both modes (bitsandbytes has no tied embedding): looked
-up row by row as the embedding, dequantized for the head's logits. The norms, the vision encoder and
+up row by row as the embedding, and dequantized a block of rows at a time for the head's logits. The norms, the vision encoder and
 its projector stay in the float dtype.
 
 The quantized state is ordinary safetensors (bitsandbytes' own state-dict names, e.g. `...q_proj.weight`,
@@ -22,6 +22,9 @@ from internvlu.runtime.optional import optional_module
 
 TOKEN_TABLE = "language_model.model.embed_tokens"
 LM_HEAD = "language_model.lm_head"
+# Rows of the token table dequantized at once for the logits: 8192 x 2048 float32 is 64 MiB for Qwen3-1.7B,
+# where the whole table (151936 rows) would be 1.2 GB on every decoded token.
+LOGIT_BLOCK_ROWS = 8192
 
 
 def bitsandbytes():
@@ -51,8 +54,8 @@ class Int8TokenTable(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return (self.weight[ids].float() * self.weight_scale[ids, None]).to(self.dtype)
 
-    def dequantized(self) -> torch.Tensor:
-        return (self.weight.float() * self.weight_scale[:, None]).to(self.dtype)
+    def dequantized_rows(self, rows: slice, dtype: torch.dtype) -> torch.Tensor:
+        return (self.weight[rows].float() * self.weight_scale[rows, None]).to(dtype)
 
 
 class TiedInt8Head(nn.Module):
@@ -63,7 +66,15 @@ class TiedInt8Head(nn.Module):
         object.__setattr__(self, "table", table)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(hidden, self.table.dequantized().to(hidden.dtype))
+        """Logits [..., vocab], one block of the table's rows at a time (see `LOGIT_BLOCK_ROWS`). Each block is
+        scaled before the product, as a float table would be: scaling the int8 products afterwards would be the
+        same maths but overflows float16 (the products are ~127 / absmax times the logits)."""
+        vocab = self.table.weight.shape[0]
+        logits = hidden.new_empty(*hidden.shape[:-1], vocab)
+        for start in range(0, vocab, LOGIT_BLOCK_ROWS):
+            rows = slice(start, start + LOGIT_BLOCK_ROWS)
+            logits[..., rows] = torch.nn.functional.linear(hidden, self.table.dequantized_rows(rows, hidden.dtype))
+        return logits
 
 
 def install_token_table(vlm: nn.Module, table: Int8TokenTable) -> None:
