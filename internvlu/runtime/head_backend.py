@@ -22,7 +22,8 @@ def _onnx_runs_on_cuda() -> bool:
 
 
 def install_head_backend(head, backend: str, manifest: dict | None, root: Path, device: torch.device) -> str:
-    """Point the head's denoise step at the chosen backend; returns the backend's name."""
+    """Point the head's denoise step at the chosen backend (an exported one frees the torch step's weights);
+    returns the backend's name."""
     if backend not in HEAD_BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(HEAD_BACKENDS)}")
     exported = manifest["head"].get("format", "none") if manifest else "none"
@@ -42,7 +43,7 @@ def install_head_backend(head, backend: str, manifest: dict | None, root: Path, 
 
         names = [n for n in manifest["artifacts"] if n.startswith("generation_decoder/model.onnx")]
         export_manifest.verify_artifacts(root, manifest, names)
-        head.step = OnnxRuntimeStep(root / "generation_decoder" / "model.onnx", device)
+        head.use_exported_step(OnnxRuntimeStep(root / "generation_decoder" / "model.onnx", device))
         return backend
     if device.type != "cuda":
         raise UsageError("--backend trt runs on an NVIDIA GPU; use --device cuda, or --backend onnx on this machine")
@@ -51,5 +52,5 @@ def install_head_backend(head, backend: str, manifest: dict | None, root: Path, 
     gpu, capability = tensorrt_step.gpu_identity()
     export_manifest.check_engine_runtime(root, manifest, gpu, capability)
     export_manifest.verify_artifacts(root, manifest, ["generation_decoder/model.plan"])
-    head.step = tensorrt_step.TensorRTStep(root / "generation_decoder" / "model.plan")
+    head.use_exported_step(tensorrt_step.TensorRTStep(root / "generation_decoder" / "model.plan"))
     return backend

@@ -34,13 +34,12 @@ from transformers import GenerationConfig
 
 from internvlu.errors import CheckpointError, UsageError
 from internvlu.limits import MAX_IMAGES_PER_PROMPT, MAX_SIDE, MAX_STEPS
-from internvlu.runtime import checkpoint, export_manifest
+from internvlu.runtime import checkpoint, export_manifest, head_backend
 from internvlu.runtime import quantized as quantized_layers
 from internvlu.runtime.backbone import InternVLUChatModel, special_token_strings
 from internvlu.runtime.device import torch_dtype as torch_dtype_of
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
-from internvlu.runtime.head_backend import install_head_backend
 from internvlu.runtime.mmdit import SampleInputs
 from internvlu.runtime.processor import InternVLUProcessor, ProcessorOutput
 from internvlu.runtime.sampler import StepCallback, build_scheduler, sample
@@ -143,11 +142,12 @@ class InternVLUPipeline:
         for module in (vlm, decoder, vae_model):
             module.eval().requires_grad_(False)
         pipe = cls(vlm, decoder, VAE(vae_model, vae_config), scheduler_config, processor, root)
+        # Before any move to the device: an exported step frees the torch head's weights, which then never get there.
+        pipe.backend = head_backend.install_head_backend(decoder.decoder, backend, manifest, root, target)
         if offload and target.type != "cpu":
             pipe.enable_offload(target)
         elif device is not None:
             pipe.to(target)
-        pipe.backend = install_head_backend(decoder.decoder, backend, manifest, root, target)
         return pipe
 
     def to(self, device: str | torch.device) -> "InternVLUPipeline":

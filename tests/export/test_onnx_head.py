@@ -62,6 +62,30 @@ def test_the_onnx_backend_draws_what_torch_draws(tiny_dir, exported, tmp_path):
     torch.testing.assert_close(latents, reference, atol=1e-3, rtol=0)
 
 
+def test_an_exported_head_frees_the_torch_step_and_draws_what_torch_draws(tiny_dir, tmp_path):
+    """Loading an ONNX export with the onnx backend keeps none of the torch head's weights (every one of them is
+    inside the exported step), and the images are those of the torch backend."""
+    from internvlu.export.exporter import export_model
+    from internvlu.runtime.pipeline import InternVLUPipeline
+
+    export_model(tiny_dir, "tiny", tmp_path / "export", "none", "onnx", log=lambda _: None)
+    exported = InternVLUPipeline.from_pretrained(tmp_path / "export", torch_dtype=torch.float32, backend="onnx")
+    torch_pipe = InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32)
+    head = exported.generation_decoder.decoder
+    assert exported.backend == "onnx" and head.dtype == torch.float32
+    assert sum(p.numel() for p in head.parameters()) == 0
+    assert not any("transformer_blocks" in name for name, _ in exported.generation_decoder.named_parameters())
+    assert sum(p.numel() for p in torch_pipe.generation_decoder.decoder.transformer_blocks.parameters()) > 0
+    # The projection of the VLM's states runs outside the step and stays.
+    kept = {name for name, _ in exported.generation_decoder.named_parameters()}
+    assert kept == {name for name, _ in torch_pipe.generation_decoder.named_parameters() if not name.startswith("decoder.")}
+    call = dict(prompt="a red circle", generation_mode="image", height=64, width=64, num_inference_steps=3,
+                output_type="latent")
+    reference = torch_pipe(**call, generator=torch.Generator().manual_seed(0)).latents
+    latents = exported(**call, generator=torch.Generator().manual_seed(0)).latents
+    torch.testing.assert_close(latents, reference, atol=1e-3, rtol=0)
+
+
 @pytest.mark.parametrize("method,tolerance", [("int8", 0.05), ("int4", 0.4)])
 def test_quantized_backbone_runs_on_cpu_and_stays_close(tiny_dir, method, tolerance):
     """Random tiny weights are a hard case for NF4 (no outliers to spend its levels on); 0.4 still catches a
