@@ -131,7 +131,7 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
             log("building the TensorRT engine (this takes minutes)")
             head_record["engine"] = tensorrt_engine.build_engine(
                 staging / "generation_decoder" / "model.onnx", staging / "generation_decoder" / "model.plan",
-                pipe.generation_decoder.config, pipe.vae.scale_factor, log=log)
+                pipe.generation_decoder.config, pipe.processor.config, log=log)
             artifacts.append("generation_decoder/model.plan")
         manifest = {
             "format": export_manifest.FORMAT,

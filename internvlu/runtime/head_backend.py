@@ -52,5 +52,6 @@ def install_head_backend(head, backend: str, manifest: dict | None, root: Path, 
     gpu, capability = tensorrt_step.gpu_identity()
     export_manifest.check_engine_runtime(root, manifest, gpu, capability)
     export_manifest.verify_artifacts(root, manifest, ["generation_decoder/model.plan"])
-    head.use_exported_step(tensorrt_step.TensorRTStep(root / "generation_decoder" / "model.plan"))
+    profile = tensorrt_step.EngineProfile.from_record(manifest["head"].get("engine", {}).get("profile"), root)
+    head.use_exported_step(tensorrt_step.TensorRTStep(root / "generation_decoder" / "model.plan", profile))
     return backend
