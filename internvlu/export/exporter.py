@@ -28,8 +28,7 @@ import internvlu
 from internvlu.errors import UsageError
 from internvlu.export import onnx_head, quantize
 from internvlu.images import file_sha256
-from internvlu.runtime import checkpoint
-from internvlu.runtime import export_manifest as export_manifest
+from internvlu.runtime import checkpoint, export_manifest
 from internvlu.runtime.onnx_step import OnnxRuntimeStep
 
 HEADS = ("onnx", "trt", "none")
