@@ -17,6 +17,7 @@ import torch
 
 from internvlu import InternVLUPipeline
 from internvlu.export import onnx_head, tensorrt_engine
+from internvlu.runtime.tensorrt_step import EngineProfile, TensorRTStep
 
 
 def time_ms(fn, repeats: int = 20) -> float:
@@ -46,8 +47,8 @@ def main() -> None:
         onnx_path, engine_path = Path(folder) / "model.onnx", Path(folder) / "model.plan"
         onnx_head.export_head(head, onnx_path)
         record = tensorrt_engine.build_engine(onnx_path, engine_path, pipe.generation_decoder.config,
-                                              pipe.vae.scale_factor, log=lambda _: None)
-        step = tensorrt_engine.TensorRTStep(engine_path)
+                                              pipe.processor.config, log=lambda _: None)
+        step = TensorRTStep(engine_path, EngineProfile.from_record(record["profile"], Path(folder)))
         inputs = [t.cuda() for t in onnx_head.example_inputs(head, 3, tokens, args.text_tokens)]
         bf16_head = head.to("cuda", torch.bfloat16)
         with torch.no_grad():

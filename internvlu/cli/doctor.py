@@ -29,7 +29,7 @@ def _system_memory() -> tuple[int | None, int | None]:
 def machine() -> dict:
     import torch
 
-    from internvlu.export.manifest import library_version
+    from internvlu.runtime.export_manifest import library_version
 
     total, available = _system_memory()
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_cores": os.cpu_count(),

@@ -1,19 +1,3 @@
-"""Quantized backbones, the exported MMDiT step (ONNX, TensorRT) and the manifest of an export folder.
-
-Their libraries are optional extras: `optional_module` imports one, or says which extra to install.
-"""
-
-from __future__ import annotations
-
-import importlib
-from types import ModuleType
-
-from internvlu.errors import UsageError
-
-
-def optional_module(name: str, message: str) -> ModuleType:
-    """`import name`, or a `UsageError(message)` when the optional extra that provides it is not installed."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise UsageError(message) from exc
+"""Writers of an export folder: the quantized backbone, the exported MMDiT step (ONNX, TensorRT engine) and the
+manifest. What loads and runs such a folder lives in `internvlu.runtime` (export_manifest, quantized, onnx_step,
+tensorrt_step, head_backend)."""

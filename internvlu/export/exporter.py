@@ -26,10 +26,10 @@ from safetensors.torch import save_file
 
 import internvlu
 from internvlu.errors import UsageError
-from internvlu.export import manifest as manifest_module
 from internvlu.export import onnx_head, quantize
 from internvlu.images import file_sha256
-from internvlu.runtime import checkpoint
+from internvlu.runtime import checkpoint, export_manifest
+from internvlu.runtime.onnx_step import OnnxRuntimeStep
 
 HEADS = ("onnx", "trt", "none")
 BACKBONES = ("int8", "int4", "none")
@@ -54,7 +54,7 @@ def _weights_dtype(folder: Path, stem: str) -> torch.dtype:
 
 def check_head_against_torch(head: torch.nn.Module, path: Path) -> list[dict]:
     """Max abs difference between ONNX Runtime and torch (float32) at `ONNX_CHECK_SHAPES`."""
-    step = onnx_head.OnnxRuntimeStep(path, torch.device("cpu"))
+    step = OnnxRuntimeStep(path, torch.device("cpu"))
     results = []
     for batch, image_tokens, text_tokens in ONNX_CHECK_SHAPES:
         inputs = onnx_head.example_inputs(head, batch, image_tokens, text_tokens, seed=batch)
@@ -75,7 +75,7 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
 
     if backbone not in BACKBONES or head not in HEADS:
         raise UsageError(f"--backbone takes {'|'.join(BACKBONES)} and --head {'|'.join(HEADS)}")
-    if manifest_module.read(source) is not None:
+    if export_manifest.read(source) is not None:
         raise UsageError(f"{source} is itself an export; export from the original checkpoint")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
@@ -109,7 +109,7 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
                 "method": "bitsandbytes LLM.int8 (per-row absmax)" if backbone == "int8"
                 else f"bitsandbytes NF4 (blocks of {quantize.NF4_BLOCKSIZE}, double-quantized absmax)",
                 "float_dtype": str(stored).removeprefix("torch."),
-                "bitsandbytes": manifest_module.library_version("bitsandbytes"),
+                "bitsandbytes": export_manifest.library_version("bitsandbytes"),
                 "language_model_bytes": quantize.weight_bytes(pipe.vlm.language_model),
                 "language_model_float32_bytes": float_bytes,
             })
@@ -123,21 +123,21 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
             checks = check_head_against_torch(decoder, onnx_path)
             artifacts += [str(p.relative_to(staging)) for p in sorted(onnx_path.parent.glob("model.onnx*"))]
             head_record.update({"onnx": "generation_decoder/model.onnx", "opset": onnx_head.OPSET, "precision": "float32",
-                                "onnx_checks": checks, "onnxruntime": manifest_module.library_version("onnxruntime")})
+                                "onnx_checks": checks, "onnxruntime": export_manifest.library_version("onnxruntime")})
         if head == "trt":
             from internvlu.export import tensorrt_engine
 
             log("building the TensorRT engine (this takes minutes)")
             head_record["engine"] = tensorrt_engine.build_engine(
                 staging / "generation_decoder" / "model.onnx", staging / "generation_decoder" / "model.plan",
-                pipe.generation_decoder.config, pipe.vae.scale_factor, log=log)
+                pipe.generation_decoder.config, pipe.processor.config, log=log)
             artifacts.append("generation_decoder/model.plan")
         manifest = {
-            "format": manifest_module.FORMAT,
-            "format_version": manifest_module.FORMAT_VERSION,
+            "format": export_manifest.FORMAT,
+            "format_version": export_manifest.FORMAT_VERSION,
             "source": {"model": model_label, "folder_hash": checkpoint.folder_hash(source)},
             "internvlu": internvlu.__version__,
-            "libraries": {name: manifest_module.library_version(name)
+            "libraries": {name: export_manifest.library_version(name)
                           for name in ("torch", "transformers", "diffusers", "bitsandbytes", "onnx", "onnxruntime", "tensorrt")},
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
             "backbone": backbone_record,
@@ -146,7 +146,7 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
                           for name in artifacts},
             "seconds": round(time.perf_counter() - started, 1),
         }
-        (staging / manifest_module.FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        (staging / export_manifest.FILE).write_text(json.dumps(manifest, indent=1) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         staging.rename(out_dir)

@@ -1,4 +1,4 @@
-"""The MMDiT denoise step as ONNX, and ONNX Runtime as a backend for it.
+"""The MMDiT denoise step as ONNX (run by `internvlu.runtime.onnx_step`).
 
 The exported graph is `InternVLUTransformer2DModel.denoise_tokens`, the same function the torch path
 runs: inputs `image_tokens` [B, I, C], `context` [B, T, D], `valid` [B, I+T], `cos`/`sin` [B, I+T, Dh/2],
@@ -23,17 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from internvlu.errors import CheckpointError, UsageError
-from internvlu.export import optional_module
 from internvlu.runtime.mmdit import timestep_features
+from internvlu.runtime.onnx_step import INPUT_NAMES, OUTPUT_NAME
+from internvlu.runtime.optional import optional_module
 
 OPSET = 23
-INPUT_NAMES = ("image_tokens", "context", "valid", "cos", "sin", "time_features")
-OUTPUT_NAME = "velocity_tokens"
-
-
-def onnxruntime():
-    return optional_module("onnxruntime", "the ONNX backend needs onnxruntime: pip install 'internvlu[onnx]'")
 
 
 class _DenoiseStep(nn.Module):
@@ -93,32 +87,3 @@ def _quiet_exporter() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-
-
-class OnnxRuntimeStep:
-    """Runs an exported step in ONNX Runtime with torch tensors in and out (CUDA provider on a GPU)."""
-
-    def __init__(self, path: Path, device: torch.device, threads: int | None = None):
-        ort = onnxruntime()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UsageError("--backend onnx on CUDA needs onnxruntime-gpu (this onnxruntime has no CUDA provider)")
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise CheckpointError(f"{path}: ONNX Runtime cannot load the exported head ({exc}); re-export the model") from exc
-        self.names = [i.name for i in self.session.get_inputs()]
-        if tuple(self.names) != INPUT_NAMES:
-            raise CheckpointError(f"{path}: inputs {self.names} are not the denoise step's {list(INPUT_NAMES)}; re-export the model")
-
-    def __call__(self, image_tokens, context, valid, cos, sin, time_features) -> torch.Tensor:
-        feeds = {name: t.detach().float().cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy()
-                 for name, t in zip(self.names, (image_tokens, context, valid, cos, sin, time_features))}
-        (out,) = self.session.run([OUTPUT_NAME], feeds)
-        return torch.from_numpy(out).to(image_tokens.device)

@@ -1,12 +1,13 @@
-"""TensorRT engine of the exported denoise step, and a runner with CUDA graphs.
+"""TensorRT engine of the exported denoise step (run by `internvlu.runtime.tensorrt_step`).
 
 The engine is built from `model.onnx` (opset 23: TensorRT's ONNX parser maps each `Attention` node onto
 its fused multi-head attention) in bfloat16 where the GPU supports it, else float16, with one
-optimization profile spanning the preset resolutions (min / opt / max image and text tokens) and a
-timing cache kept beside the engine, so rebuilding on the same GPU is fast.
+optimization profile spanning what the pipeline accepts for this model (`engine_profile`: rows, image and
+context tokens, recorded in the manifest so that loading can refuse a step outside it) and a timing cache
+kept beside the engine, so rebuilding on the same GPU is fast.
 
 TensorRT cannot be installed on machines without an NVIDIA GPU: there `require()` raises a clear error,
-the tests skip, and `benchmarks/bench_tensorrt.py` builds and checks an engine on a GPU host.
+the GPU tests skip, and `benchmarks/bench_tensorrt.py` builds and checks an engine on a GPU host.
 """
 
 from __future__ import annotations
@@ -16,52 +17,59 @@ from pathlib import Path
 
 import torch
 
-from internvlu.errors import CheckpointError, UsageError
-from internvlu.export import onnx_head, optional_module
+from internvlu.limits import MAX_IMAGES_PER_PROMPT, MAX_SIDE
+from internvlu.runtime.config import DecoderConfig, ProcessorConfig
 from internvlu.runtime.mmdit import TIMESTEP_CHANNELS
+from internvlu.runtime.onnx_step import INPUT_NAMES
+from internvlu.runtime.tensorrt_step import EngineProfile, gpu_identity, require
 
-# Square output sides (pixels) spanned by the profile; condition images may add up to two more targets' worth.
-MIN_SIDE, OPT_SIDE, MAX_SIDE = 256, 1024, 2048
-MAX_CONDITION_IMAGES = 2
-OPT_BATCH, MAX_BATCH = 3, 12  # one prompt's three CFG rows; four prompts
-
-
-def require():
-    if not torch.cuda.is_available():
-        raise UsageError("--head trt builds a TensorRT engine for this machine's NVIDIA GPU, and none is available; "
-                         "use --head onnx here and build the engine on the GPU host")
-    return optional_module("tensorrt", "--head trt needs TensorRT: pip install 'internvlu[trt]' on the GPU host")
+CFG_ROWS = 3  # the head's rows per image: full condition, text only, all dropped
+# A prompt plus one condition image's context tokens: where the engine is tuned (`opt`), not a limit.
+TYPICAL_CONTEXT_TOKENS = 300
 
 
-def gpu_identity() -> tuple[str, str]:
-    major, minor = torch.cuda.get_device_capability()
-    return torch.cuda.get_device_name(), f"{major}.{minor}"
+def engine_profile(decoder_config: DecoderConfig, processor_config: ProcessorConfig) -> EngineProfile:
+    """Everything the pipeline can ask of the step, from this model's config and `internvlu.limits`.
+
+    Output sides run from one latent token (the stride) to `MAX_SIDE`, tuned for the model's default size; rows from
+    one to three CFG rows of `MAX_IMAGES_PER_PROMPT` images. Each condition image is also an image in the context
+    (`image_seq_length` tokens), so at most `max_sequence_length / image_seq_length` of them fit beside the prompt,
+    each at most the processor's pixel budget."""
+    stride = processor_config.generation.vae_downsample_factor * decoder_config.mmdit.patch_size
+
+    def tokens(height: int, width: int) -> int:
+        return max(1, height // stride) * max(1, width // stride)
+
+    context = decoder_config.max_sequence_length
+    conditions = context // processor_config.image_seq_length
+    condition_tokens = processor_config.generation.max_pixels // stride**2
+    default = tokens(decoder_config.gen_image_height, decoder_config.gen_image_width)
+    return EngineProfile(
+        rows=(1, CFG_ROWS, CFG_ROWS * MAX_IMAGES_PER_PROMPT),
+        image_tokens=(1, default, tokens(MAX_SIDE, MAX_SIDE) + conditions * condition_tokens),
+        text_tokens=(1, min(TYPICAL_CONTEXT_TOKENS, context), context),
+        max_side=MAX_SIDE, condition_images=conditions)
 
 
-def token_profile(decoder_config, vae_factor: int) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """(min, opt, max) shapes of every input."""
-    per_side = vae_factor * decoder_config.mmdit.patch_size
-
-    def image_tokens(side: int) -> int:
-        return (side // per_side) ** 2
-
-    tokens = (image_tokens(MIN_SIDE), image_tokens(OPT_SIDE), image_tokens(MAX_SIDE) * (1 + MAX_CONDITION_IMAGES))
-    text = (1, min(300, decoder_config.max_sequence_length), decoder_config.max_sequence_length)
-    batch = (1, OPT_BATCH, MAX_BATCH)
+def input_shapes(profile: EngineProfile, decoder_config: DecoderConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shape of every input of the step, by its name."""
     cfg = decoder_config.mmdit
     half = cfg.attention_head_dim // 2
-    return {
-        "image_tokens": tuple((b, n, cfg.in_channels) for b, n in zip(batch, tokens)),
-        "context": tuple((b, t, cfg.joint_attention_dim) for b, t in zip(batch, text)),
-        "valid": tuple((b, n + t) for b, n, t in zip(batch, tokens, text)),
-        "cos": tuple((b, n + t, half) for b, n, t in zip(batch, tokens, text)),
-        "sin": tuple((b, n + t, half) for b, n, t in zip(batch, tokens, text)),
-        "time_features": tuple((b, TIMESTEP_CHANNELS) for b in batch),
+    axes = list(zip(profile.rows, profile.image_tokens, profile.text_tokens))
+    shapes = {
+        "image_tokens": tuple((b, n, cfg.in_channels) for b, n, _ in axes),
+        "context": tuple((b, t, cfg.joint_attention_dim) for b, _, t in axes),
+        "valid": tuple((b, n + t) for b, n, t in axes),
+        "cos": tuple((b, n + t, half) for b, n, t in axes),
+        "sin": tuple((b, n + t, half) for b, n, t in axes),
+        "time_features": tuple((b, TIMESTEP_CHANNELS) for b, _, _ in axes),
     }
+    return {name: shapes[name] for name in INPUT_NAMES}
 
 
-def build_engine(onnx_path: Path, engine_path: Path, decoder_config, vae_factor: int, log: Callable[[str], None] = print) -> dict:
-    """Build and write the engine; returns its manifest record."""
+def build_engine(onnx_path: Path, engine_path: Path, decoder_config: DecoderConfig, processor_config: ProcessorConfig,
+                 log: Callable[[str], None] = print) -> dict:
+    """Build and write the engine for `engine_profile`; returns its manifest record (the profile included)."""
     trt = require()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -77,11 +85,11 @@ def build_engine(onnx_path: Path, engine_path: Path, decoder_config, vae_factor:
     cache_path = engine_path.with_name("timing.cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    profile = builder.create_optimization_profile()
-    shapes = token_profile(decoder_config, vae_factor)
-    for name, (low, opt, high) in shapes.items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
+    profile = engine_profile(decoder_config, processor_config)
+    optimization_profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in input_shapes(profile, decoder_config).items():
+        optimization_profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(optimization_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT could not build the engine (see its log above)")
@@ -90,45 +98,4 @@ def build_engine(onnx_path: Path, engine_path: Path, decoder_config, vae_factor:
     gpu, capability = gpu_identity()
     log(f"engine built for {gpu} ({capability}), {precision}")
     return {"tensorrt": trt.__version__, "gpu": gpu, "compute_capability": capability, "precision": precision,
-            "profile": {name: [list(s) for s in value] for name, value in shapes.items()}}
-
-
-class TensorRTStep:
-    """Runs the engine on torch CUDA tensors; each distinct input shape is captured once as a CUDA graph."""
-
-    def __init__(self, engine_path: Path):
-        trt = require()
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
-            raise CheckpointError(f"{engine_path}: TensorRT cannot load this engine; rebuild it with `internvlu export --head trt`")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
-
-    def _bind(self, inputs: list[torch.Tensor], output: torch.Tensor) -> None:
-        for name, tensor in zip(onnx_head.INPUT_NAMES, inputs):
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        self.context.set_tensor_address(onnx_head.OUTPUT_NAME, output.data_ptr())
-
-    def __call__(self, image_tokens, context, valid, cos, sin, time_features) -> torch.Tensor:
-        inputs = [image_tokens.float().contiguous(), context.float().contiguous(), valid.contiguous(),
-                  cos.float().contiguous(), sin.float().contiguous(), time_features.float().contiguous()]
-        key = tuple(tuple(t.shape) for t in inputs)
-        if key not in self.graphs:
-            static = [t.clone() for t in inputs]
-            out_features = self.engine.get_tensor_shape(onnx_head.OUTPUT_NAME)[-1]
-            output = torch.empty(*image_tokens.shape[:2], out_features, device=image_tokens.device)
-            self._bind(static, output)
-            with torch.cuda.stream(self.stream):
-                self.context.execute_async_v3(self.stream.cuda_stream)  # warm-up outside the capture
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.stream):
-                    self.context.execute_async_v3(self.stream.cuda_stream)
-            self.graphs[key] = (graph, static, output)
-        graph, static, output = self.graphs[key]
-        for buffer, value in zip(static, inputs):
-            buffer.copy_(value)
-        graph.replay()
-        return output.clone()
+            "profile": profile.record()}

@@ -358,10 +358,20 @@ class InternVLUTransformer2DModel(nn.Module):
         self.proj_out = nn.Linear(D, config.patch_size**2 * config.out_channels)
         # The denoise step's tensor function; an exported backend (ONNX Runtime, TensorRT) replaces it.
         self.step = self.denoise_tokens
+        self.exported_dtype: torch.dtype | None = None
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.img_in.weight.dtype
+        """The dtype the head's inputs are prepared in: its weights' (remembered when an exported step freed them)."""
+        return self.exported_dtype if self.exported_dtype is not None else self.img_in.weight.dtype
+
+    def use_exported_step(self, step) -> None:
+        """Run `step` (the exported `denoise_tokens`, in ONNX Runtime or TensorRT) and free every weight of the head:
+        all of them are inside the step, and the rest of the head (patchify, RoPE, padding) needs only its config."""
+        self.exported_dtype = self.dtype
+        for name, _ in list(self.named_children()):
+            delattr(self, name)
+        self.step = step
 
     def _patchify(self, latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """[C, >=gh, >=gw] -> [(gh/p)(gw/p), C p p], features ordered (c, ph, pw)."""

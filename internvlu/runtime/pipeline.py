@@ -34,9 +34,8 @@ from transformers import GenerationConfig
 
 from internvlu.errors import CheckpointError, UsageError
 from internvlu.limits import MAX_IMAGES_PER_PROMPT, MAX_SIDE, MAX_STEPS
-from internvlu.export import manifest as export_manifest
-from internvlu.export import quantize
-from internvlu.runtime import checkpoint
+from internvlu.runtime import checkpoint, export_manifest, head_backend
+from internvlu.runtime import quantized as quantized_layers
 from internvlu.runtime.backbone import InternVLUChatModel, special_token_strings
 from internvlu.runtime.device import torch_dtype as torch_dtype_of
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
@@ -122,14 +121,14 @@ class InternVLUPipeline:
         quantized: set[str] = set()
         if quantization != "none":
             export_manifest.check_backbone_runtime(root, manifest)
-            quantized = quantize.quantized_layer_names(vlm_weights)
+            quantized = quantized_layers.quantized_layer_names(vlm_weights)
         checkpoint.assign_weights(vlm, vlm_weights, dtype, ignore=lambda name: (
-            (tied and name == "language_model.lm_head.weight") or quantize.belongs_to(name, quantized)))
+            (tied and name == "language_model.lm_head.weight") or quantized_layers.belongs_to(name, quantized)))
         _restore_rotary_buffers(vlm)
         if tied and "language_model.model.embed_tokens" not in quantized:  # an int8 table is tied when installed
             vlm.language_model.tie_weights()
         if quantized:
-            quantize.load_quantized_layers(vlm, vlm_weights, quantization, dtype, "cpu" if offload else target)
+            quantized_layers.load_quantized_layers(vlm, vlm_weights, quantization, dtype, "cpu" if offload else target)
         checkpoint.ensure_materialized(vlm, folders["vlm"])
 
         with checkpoint.build_empty():
@@ -143,11 +142,12 @@ class InternVLUPipeline:
         for module in (vlm, decoder, vae_model):
             module.eval().requires_grad_(False)
         pipe = cls(vlm, decoder, VAE(vae_model, vae_config), scheduler_config, processor, root)
+        # Before any move to the device: an exported step frees the torch head's weights, which then never get there.
+        pipe.backend = head_backend.install_head_backend(decoder.decoder, backend, manifest, root, target)
         if offload and target.type != "cpu":
             pipe.enable_offload(target)
         elif device is not None:
             pipe.to(target)
-        pipe.backend = _install_head_backend(decoder.decoder, backend, manifest, root, target)
         return pipe
 
     def to(self, device: str | torch.device) -> "InternVLUPipeline":
@@ -484,52 +484,6 @@ def splice_thoughts(ids: torch.Tensor, mask: torch.Tensor, thoughts: torch.Tenso
     new_ids[:, width] = token_ids.img_start
     new_mask[:, width] = 1
     return new_ids, new_mask
-
-
-HEAD_BACKENDS = ("auto", "torch", "onnx", "trt")
-
-
-def _onnx_runs_on_cuda() -> bool:
-    """Whether the installed ONNX Runtime has a CUDA provider (onnxruntime-gpu): `auto` then prefers it."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-def _install_head_backend(head, backend: str, manifest: dict | None, root: Path, device: torch.device) -> str:
-    """Point the head's denoise step at the chosen backend; returns the backend's name."""
-    if backend not in HEAD_BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(HEAD_BACKENDS)}")
-    exported = manifest["head"].get("format", "none") if manifest else "none"
-    if backend == "auto":
-        backend = "torch"
-        if exported == "trt" and device.type == "cuda":
-            backend = "trt"
-        elif exported in ("onnx", "trt") and (device.type == "cpu" or _onnx_runs_on_cuda()):
-            backend = "onnx"
-    if backend == "torch":
-        return backend
-    if exported not in ("onnx", "trt") or (backend == "trt" and exported != "trt"):
-        raise UsageError(f"--backend {backend} needs a model exported with `internvlu export MODEL --head {backend}`; "
-                         f"{root} has no {'TensorRT engine' if backend == 'trt' else 'ONNX head'}")
-    if backend == "onnx":
-        from internvlu.export.onnx_head import OnnxRuntimeStep
-
-        names = [n for n in manifest["artifacts"] if n.startswith("generation_decoder/model.onnx")]
-        export_manifest.verify_artifacts(root, manifest, names)
-        head.step = OnnxRuntimeStep(root / "generation_decoder" / "model.onnx", device)
-        return backend
-    if device.type != "cuda":
-        raise UsageError("--backend trt runs on an NVIDIA GPU; use --device cuda, or --backend onnx on this machine")
-    from internvlu.export import tensorrt_engine
-
-    gpu, capability = tensorrt_engine.gpu_identity()
-    export_manifest.check_engine_runtime(root, manifest, gpu, capability)
-    export_manifest.verify_artifacts(root, manifest, ["generation_decoder/model.plan"])
-    head.step = tensorrt_engine.TensorRTStep(root / "generation_decoder" / "model.plan")
-    return backend
 
 
 def _initial_noise(shape, generator, device: torch.device) -> torch.Tensor:

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from internvlu.errors import CheckpointError
-from internvlu.export import manifest
+from internvlu.runtime import export_manifest as manifest
 
 
 def _export_with_engine(tmp_path):

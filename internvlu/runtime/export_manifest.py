@@ -1,4 +1,5 @@
-"""`manifest.json` of an exported model folder: what was built, from what, with what, for which GPU.
+"""`manifest.json` of an exported model folder (written by `internvlu.export.exporter`): what was built, from
+what, with what, for which GPU.
 
 Loading checks it before anything else: an unknown format, a quantized backbone written by another
 bitsandbytes release, a TensorRT engine built by another TensorRT release or for another GPU, and any
