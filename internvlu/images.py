@@ -36,11 +36,8 @@ TEMP_SUFFIX = ".internvlu-tmp"
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _open_error(path: Path, exc: OSError) -> UsageError:
