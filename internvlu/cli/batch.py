@@ -1,8 +1,10 @@
 """`internvlu batch`: many jobs, one model load.
 
 A jobs file holds one job per line: a JSON object (`{"mode": "gen"|"edit"|"ask", "prompt": ..., "image": ...,
-"seed": ..., "out": ..., plus any preset key}`) or a plain prompt. Blank lines and `#` comments are
-skipped. Every job is checked before the model loads; a bad job is reported and the others still run.
+"seed": ..., "out": ..., plus any preset key}`) or a plain prompt. A line starting with `{` or `[` is
+JSON, and one that does not parse is that job's error, never a prompt. Blank lines and `#` comments are
+skipped; a byte order mark and CRLF line ends are fine. Every job is checked before the model loads; a
+bad job is reported and the others still run.
 A job's output is complete exactly when its file exists (files are renamed into place), which is what
 `--resume` relies on.
 """
@@ -10,6 +12,7 @@ A job's output is complete exactly when its file exists (files are renamed into 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,10 @@ MODES = ("gen", "edit", "ask")
 JOB_KEYS = {"mode", "prompt", "image", "seed", "out", "preset", *presets.SETTINGS} - set(presets.RUNTIME_KEYS)
 ANSWER_SUFFIXES = (".txt", ".json")
 ASK_MAX_NEW_TOKENS = 512
+# JSON Lines ends lines with \n or \r\n; splitting on those alone keeps a JSON string holding U+2028 (or
+# any other character str.splitlines breaks at) in one piece.
+LINE_END = re.compile(r"\r?\n")
+BOM = "\ufeff"
 
 
 @dataclass
@@ -53,7 +60,7 @@ class BatchJob:
 
 def _job_from_object(job: BatchJob, data: object) -> None:
     if not isinstance(data, dict):
-        raise ValueError("a JSON job must be an object")
+        raise ValueError("a JSON job must be an object, such as {\"prompt\": \"a red fox\"}")
     unknown = sorted(set(data) - JOB_KEYS)
     if unknown:
         raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
@@ -86,20 +93,23 @@ def _job_from_object(job: BatchJob, data: object) -> None:
 
 
 def parse_jobs(text: str) -> list[BatchJob]:
+    """One job per line: a JSON job where the line starts with { or [ (a broken one is an error, never a
+    prompt), else a plain prompt. A byte order mark opening the file (or a file joined into it) is dropped."""
     jobs = []
-    for line_number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for line_number, raw in enumerate(LINE_END.split(text), 1):
+        line = raw.strip().removeprefix(BOM).strip()
         if not line or line.startswith("#"):
             continue
         job = BatchJob(number=len(jobs) + 1, line=line_number)
         jobs.append(job)
-        if not line.startswith("{"):
+        if not line.startswith(("{", "[")):
             job.prompt = line
             continue
         try:
             _job_from_object(job, json.loads(line))
         except json.JSONDecodeError as exc:
-            job.error = f"not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object or one prompt per line"
+            job.error = (f"not valid JSON ({exc.msg} at column {exc.colno}); a line starting with {line[0]} is a JSON "
+                         "job: fix it, or write a prompt as {\"prompt\": \"...\"}")
         except (ValueError, UsageError) as exc:
             job.error = str(exc)
     return jobs

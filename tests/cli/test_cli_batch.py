@@ -8,6 +8,7 @@ import signal
 import time
 
 from .helpers import FAST, one_line_error, pixels, start_cli
+from internvlu.cli.batch import parse_jobs
 from internvlu.images import read_recipe
 
 
@@ -108,3 +109,25 @@ def test_resume_after_the_batch_is_killed_midway(tmp_path, model_dir):
     for name in names:
         assert pixels(killed / name) == pixels(tmp_path / "reference" / name)
         assert (killed / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_keep_json_jobs_json(cli, model_dir, tmp_path):
+    """Windows editors write both; the first job must stay a JSON job, not become its own text as a prompt."""
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [json.dumps({"prompt": "a fox", "seed": 7, "out": "fox.png"}), json.dumps({"prompt": "a boat", "seed": 8})]
+    jobs.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    result = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
+    assert result.code == 0, result
+    assert [r["path"] for r in result.json_lines()] == [os.path.join("out", "fox.png"), os.path.join("out", "0002-a-boat.png")]
+    assert (read_recipe("out/fox.png")["prompt"], read_recipe("out/fox.png")["seed"]) == ("a fox", 7)
+
+
+def test_json_looking_lines_are_json_jobs_or_errors_never_prompts():
+    jobs = parse_jobs('  {"prompt": "indented"}\n["a list"]\n[draft] a fox\n{"prompt": "cut\n'
+                      + json.dumps({"prompt": "one\u2028line"}, ensure_ascii=False) + "\nplain words\n")
+    assert [(j.line, j.prompt) for j in jobs if not j.error] == [(1, "indented"), (5, "one\u2028line"), (6, "plain words")]
+    errors = {j.line: j.error for j in jobs if j.error}
+    assert "must be an object" in errors[2]
+    assert "not valid JSON" in errors[3] and '{"prompt": "..."}' in errors[3]  # says how to write such a prompt
+    assert "not valid JSON" in errors[4]
+
