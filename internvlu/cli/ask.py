@@ -13,6 +13,7 @@ from internvlu.cli.gen import model_from
 from internvlu.cli.session import InputImage, Session, check_not_a_path, stdout_writer
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import UsageError
+from internvlu.runtime.settings import resolve
 
 MAX_NEW_TOKENS = 512
 
@@ -55,8 +56,8 @@ def ask(
         inputs = [InputImage.open(p) for p in paths]
         config = settings.load_config()
         model_name, _ = model_from(model, None, config)
-        dtype_name = opt.enum_value(dtype) or config.get("dtype")
-        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), dtype_name).load()
+        flags = settings.flag_layer(dtype=opt.enum_value(dtype), device=opt.enum_value(device))
+        session = Session(ui, model_name, resolve(settings.layers(config, flags))).load()
         write = None if as_json else stdout_writer(sys.stdout)
         result = session.run_ask(question, inputs, max_new_tokens, temperature, top_p, seed, write)
         if as_json:

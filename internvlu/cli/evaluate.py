@@ -15,6 +15,7 @@ from internvlu.cli.session import Session
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import UsageError
 from internvlu.images import atomic_write, exists_error, png_bytes
+from internvlu.runtime.settings import resolve
 
 
 def evaluate(
@@ -61,9 +62,9 @@ def evaluate(
     with ui.capture_logs():
         config = settings.load_config()
         model_name, _ = model_from(model, None, config)
-        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"),
-                          opt.enum_value(dtype) or config.get("dtype"),
-                          backend=opt.enum_value(backend) or config.get("backend", "auto")).load()
+        flags = settings.flag_layer(dtype=opt.enum_value(dtype), device=opt.enum_value(device),
+                                    backend=opt.enum_value(backend))
+        session = Session(ui, model_name, resolve(settings.layers(config, flags))).load()
         evaluator = Evaluator(session.pipe, EvalSettings(prompts=prompts, steps=steps, batch=batch, seed=seed, tasks=chosen),
                               log=ui.info)
         report = {"model": session.model_identity, "prompts_per_task": prompts, "steps": steps, "seed": seed,

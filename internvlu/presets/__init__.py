@@ -3,7 +3,7 @@
 A preset (and the `config.json` defaults) is a flat JSON object whose keys are in `SETTINGS`; values
 are validated and unknown keys are rejected, naming the file. User presets live in
 `$INTERNVLU_CONFIG_DIR/presets/` (default `~/.config/internvlu/presets/`) and shadow built-ins of the
-same name. Precedence is resolved by the CLI: flag > preset > config file > default.
+same name. Precedence is resolved by `internvlu.runtime.settings`.
 """
 
 from __future__ import annotations
@@ -115,8 +115,6 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "compile": _boolean,
 }
 PRESET_KEYS = {"description": string_value, **SETTINGS}
-# Settings of the loaded model rather than of one image: a batch takes them once, not per job.
-RUNTIME_KEYS = ("offload", "vae_tiling", "compile")
 
 
 def validate(data: object, source: str, keys: dict[str, Callable[[object], object]] = PRESET_KEYS) -> dict:

@@ -131,3 +131,49 @@ def test_json_looking_lines_are_json_jobs_or_errors_never_prompts():
     assert "not valid JSON" in errors[3] and '{"prompt": "..."}' in errors[3]  # says how to write such a prompt
     assert "not valid JSON" in errors[4]
 
+
+def test_load_settings_in_a_job_are_honoured_or_refused_never_dropped(cli, model_dir, tmp_path, user_dirs):
+    (user_dirs["config"] / "presets").mkdir(parents=True)
+    (user_dirs["config"] / "presets" / "tiled.json").write_text(json.dumps({"vae_tiling": True}))
+    # Wider than the VAE's 256-pixel tile, so tiling engages; the same prompt and seed for all three.
+    wide = {"prompt": "a strip", "size": "272x32", "steps": 1, "seed": 3}
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"vae_tiling": True, "out": "tiled.png", **wide},
+        {"out": "whole.png", **wide},
+        {"preset": "tiled", "out": "preset.png", **wide},
+        {"prompt": "bf16", "dtype": "bfloat16"},
+        {"prompt": "low", "preset": "lowvram"},
+        {"prompt": "offload", "offload": True},
+        {"prompt": "same dtype", "dtype": "float32", "out": "same.png"},
+        {"prompt": "elsewhere", "device": "cpu"},
+        {"mode": "ask", "prompt": "what?", "steps": 3},
+    )
+    result = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
+    assert result.code == 1, result
+    rows = result.json_lines()
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "failed", "failed", "ok", "failed", "failed"]
+    errors = {r["job"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert errors[4].startswith("dtype bfloat16 (from the job) differs from the float32 the model is loaded with")
+    assert "another batch" in errors[4] and "--dtype bfloat16" in errors[4]
+    assert errors[5].startswith("dtype bfloat16 (from the job's preset 'lowvram')")
+    assert errors[6].startswith("offload true (from the job) differs")
+    assert "'device' is chosen for the whole batch" in errors[8] and "--device" in errors[8]
+    assert "'steps' does not apply to an ask job" in errors[9]
+    assert [read_recipe(f"out/{name}")["vae_tiling"] for name in ("tiled.png", "whole.png", "preset.png")] == [True, False, True]
+    assert pixels("out/tiled.png") == pixels("out/preset.png") != pixels("out/whole.png")
+    single = cli("gen", "a strip", "--model", model_dir, "--preset", "tiled", "--size", "272x32", "--steps", 1,
+                 "--seed", 3, "-o", "single.png")
+    assert single.code == 0 and pixels("single.png") == pixels("out/tiled.png")
+
+
+def test_a_job_preset_keeps_the_batch_load_settings_it_does_not_name(cli, model_dir, tmp_path, user_dirs):
+    (user_dirs["config"] / "presets").mkdir(parents=True)
+    (user_dirs["config"] / "presets" / "tiled.json").write_text(json.dumps({"vae_tiling": True, "steps": 1}))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "fast", "preset": "fast", "out": "fast.png"},
+                      {"prompt": "untiled", "vae_tiling": False, "out": "untiled.png"})
+    result = cli("batch", jobs, "--model", model_dir, "--size", "64x64", "--preset", "tiled", "--out-dir", "out")
+    assert result.code == 0, result
+    fast, untiled = read_recipe("out/fast.png"), read_recipe("out/untiled.png")
+    assert (fast["steps"], fast["vae_tiling"], fast["preset"]) == (10, True, "fast")
+    assert (untiled["steps"], untiled["vae_tiling"], untiled["preset"]) == (1, False, "tiled")

@@ -57,8 +57,8 @@ def test_info_prints_the_recipe(cli, model_dir):
     assert cli("gen", "a quiet harbour", "--model", model_dir, *FAST, "--seed", 9, "-o", "h.png").code == 0
     result = cli("info", "h.png")
     assert result.code == 0, result
-    for text in ("prompt: a quiet harbour", "seed: 9", "size: 64x64", "steps: 2", "model: ", "internvlu_version",
-                 "gen --from h.png"):
+    for text in ("prompt: a quiet harbour", "seed: 9", "size: 64x64", "steps: 2", "vae_tiling: False", "model: ",
+                 "internvlu_version", "gen --from h.png"):
         assert text in result.stdout
     (as_json,) = cli("info", "h.png", "--json").json_lines()
     assert as_json["path"] == "h.png" and as_json["seed"] == 9 and as_json["prompt"] == "a quiet harbour"
