@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import pytest
 from PIL import Image
 
 from .helpers import FAST, one_line_error
+from internvlu import presets
 from internvlu.images import read_recipe
 
 BUILT_IN = {"fast", "balanced", "quality", "poster", "lowvram"}
@@ -76,3 +79,12 @@ def test_info_on_files_without_a_recipe(cli, tmp_path):
     result = cli("info", "text.png")
     assert result.code == 2
     one_line_error(result, "not an image")
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the XDG folders are Linux's")
+def test_the_config_folder_is_the_override_else_the_platforms(monkeypatch, tmp_path, user_dirs):
+    assert presets.config_dir() == user_dirs["config"]  # INTERNVLU_CONFIG_DIR
+    monkeypatch.delenv("INTERNVLU_CONFIG_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert presets.user_presets_dir() == tmp_path / "xdg" / "internvlu" / "presets"
