@@ -26,6 +26,7 @@ import typer
 from internvlu import presets
 from internvlu.cli import options as opt
 from internvlu.cli import settings
+from internvlu.cli.ask import ANSWER_TOKENS
 from internvlu.cli.gen import model_from
 from internvlu.cli.session import ImageJob, InputImage, Session, stdout_writer
 from internvlu.cli.ui import UI, emit
@@ -41,7 +42,6 @@ BATCH_WIDE_KEYS = {"model": "--model", "device": "--device", "backend": "--backe
 # What an ask job may set of its own: it draws nothing, so only how the model is loaded matters.
 ASK_SETTING_KEYS = set(LOAD_KEYS) - {"vae_tiling"}
 ANSWER_SUFFIXES = (".txt", ".json")
-ASK_MAX_NEW_TOKENS = 512
 # JSON Lines ends lines with \n or \r\n; splitting on those alone keeps a JSON string holding U+2028 (or
 # any other character str.splitlines breaks at) in one piece.
 LINE_END = re.compile(r"\r?\n")
@@ -188,7 +188,7 @@ def batch(
                                         show_default=False)],
     resume: Annotated[bool, typer.Option("--resume", help="Skip jobs whose output file already exists.")] = False,
     seed: Annotated[Optional[int], typer.Option(
-        "--seed", "-s", min=0, metavar="SEED", help="Jobs without a seed get this seed plus their job number minus one. \\[default: random]",
+        "--seed", "-s", min=0, max=MAX_SEED, metavar="SEED", help="Jobs without a seed get this seed plus their job number minus one. \\[default: random]",
         show_default=False, rich_help_panel=opt.SETTINGS_PANEL)] = None,
     preset: opt.Preset = None,
     steps: opt.Steps = None,
@@ -327,7 +327,7 @@ def prepare(job: BatchJob, resume: bool, overwrite: bool) -> list[InputImage] | 
 
 def run_ask_job(session: Session, job: BatchJob, inputs: list[InputImage], as_json: bool, overwrite: bool) -> dict:
     stream = None if as_json or job.path is not None else stdout_writer(sys.stdout)
-    result = session.run_ask(job.prompt, inputs, ASK_MAX_NEW_TOKENS, seed=job.seed, write=stream)
+    result = session.run_ask(job.prompt, inputs, ANSWER_TOKENS, seed=job.seed, write=stream)
     if job.path is not None:
         if job.path.suffix.lower() == ".json":
             data = json.dumps(result, ensure_ascii=False, indent=2) + "\n"

@@ -46,7 +46,7 @@ def parse_aspect(text: str) -> tuple[float, float]:
     return a, b
 
 
-def size_for_aspect(aspect: tuple[float, float], area: int, multiple: int = 16) -> tuple[int, int]:
+def size_for_aspect(aspect: tuple[float, float], area: int, multiple: int = MIN_SIDE) -> tuple[int, int]:
     """Width and height with about `area` pixels at this aspect ratio, sides multiples of `multiple`."""
     a, b = aspect
     width = math.sqrt(area * a / b)
