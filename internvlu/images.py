@@ -26,21 +26,18 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from internvlu.errors import InternVLUError, UsageError
+from internvlu.limits import MIN_SIDE
 
 log = logging.getLogger(__name__)
 
 RECIPE_KEY = "internvlu"
 MAX_PIXELS = 64 * 1024 * 1024  # larger inputs are refused before they are decoded
-MIN_INPUT_SIDE = 16  # the smallest output side; a thinner input would ask for an impossible edit size
 TEMP_SUFFIX = ".internvlu-tmp"
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _open_error(path: Path, exc: OSError) -> UsageError:
@@ -76,9 +73,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         if image.width * image.height > MAX_PIXELS:
             raise UsageError(f"{path} is {image.width}x{image.height}, too large to decode safely; "
                              f"downscale it below {MAX_PIXELS // 1_000_000} megapixels")
-        if min(image.size) < MIN_INPUT_SIDE:
+        if min(image.size) < MIN_SIDE:  # the smallest output side: a thinner input asks for an impossible edit size
             raise UsageError(f"{path} is {image.width}x{image.height}; each side of an input image must be at least "
-                             f"{MIN_INPUT_SIDE} pixels (crop or pad it)")
+                             f"{MIN_SIDE} pixels (crop or pad it)")
         if getattr(image, "is_animated", False):
             log.warning("%s is animated; using its first frame", path)
             image.seek(0)

@@ -4,6 +4,7 @@ or a clear `UsageError`, and typed text never turns into control tokens."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +14,9 @@ from internvlu import presets
 from internvlu.cli import batch as batch_cli
 from internvlu.cli import settings as cli_settings
 from internvlu.errors import UsageError
+from internvlu.limits import DTYPE_NAMES, MAX_NEW_TOKENS, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from internvlu.runtime.processor import InternVLUProcessor
+from internvlu.runtime.settings import BACKENDS, GenerationSettings, ImageSettings, Layer, LoadSettings, resolve
 
 CONTROL_STRINGS = ["<img>", "</img>", "<IMG_CONTEXT>", "<img_uncond>", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
                    "<ref>", "</ref>", "<box>", "<quad>", "<IMG_LINE_BREAK>", "system", "assistant", "\n", "<image>"]
@@ -55,7 +58,7 @@ def test_size_parsing_gives_a_size_in_range_or_a_usage_error(text):
         width, height = presets.parse_size(text)
     except UsageError:
         return
-    assert presets.MIN_SIDE <= width <= presets.MAX_SIDE and presets.MIN_SIDE <= height <= presets.MAX_SIDE
+    assert MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE
 
 
 @settings(max_examples=300, deadline=None)
@@ -77,7 +80,7 @@ def test_seed_parsing_gives_seeds_in_range_or_a_usage_error(seeds):
         parsed = cli_settings.parse_seeds(seeds)
     except UsageError:
         return
-    assert all(0 <= s <= cli_settings.MAX_SEED for s in parsed)
+    assert all(0 <= s <= MAX_SEED for s in parsed)
 
 
 @settings(max_examples=200, deadline=None)
@@ -86,3 +89,23 @@ def test_any_jobs_text_parses_into_jobs_or_per_job_errors(text):
     jobs = batch_cli.parse_jobs(text)
     for job in jobs:
         assert job.error or (isinstance(job.prompt, str) and job.prompt.strip())
+
+
+sides = st.integers(MIN_SIDE, MAX_SIDE)
+scales = st.floats(0, 100, allow_nan=False)
+concrete_images = st.one_of(
+    st.builds(ImageSettings, size=st.tuples(sides, sides), steps=st.integers(1, MAX_STEPS), cfg=scales, part_cfg=scales),
+    st.builds(ImageSettings, size=st.tuples(sides, sides), steps=st.integers(1, MAX_STEPS), cfg=scales, part_cfg=scales,
+              cot=st.just(True), max_new_tokens=st.integers(1, MAX_NEW_TOKENS)))
+loads = st.builds(LoadSettings, device=st.sampled_from(["cpu", "cuda", "mps"]),
+                  dtype=st.sampled_from([d for d in DTYPE_NAMES if d != "auto"]),
+                  backend=st.sampled_from([b for b in BACKENDS if b != "auto"]),
+                  offload=st.booleans(), vae_tiling=st.booleans(), compile=st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(image=concrete_images, load=loads, preset=st.one_of(st.none(), st.text(min_size=1, max_size=8)))
+def test_a_recipe_reads_back_as_the_settings_it_records(image, load, preset):
+    recorded = GenerationSettings(image, load, preset)
+    stored = json.loads(json.dumps(recorded.to_recipe()))  # as the PNG keeps it
+    assert resolve([Layer.from_recipe(stored, "x.png")], preset=stored["preset"]) == recorded

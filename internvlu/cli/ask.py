@@ -13,21 +13,23 @@ from internvlu.cli.gen import model_from
 from internvlu.cli.session import InputImage, Session, check_not_a_path, stdout_writer
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import UsageError
+from internvlu.limits import MAX_NEW_TOKENS, MAX_SEED
+from internvlu.runtime.settings import resolve
 
-MAX_NEW_TOKENS = 512
+ANSWER_TOKENS = 512  # the default longest answer (batch ask jobs use it too)
 
 
 def ask(
     args: Annotated[list[str], typer.Argument(metavar="IMAGE... QUESTION",
                                               help="Zero or more images, then the question.", show_default=False)],
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, max=32768,
-                                                help="Longest answer, in tokens.")] = MAX_NEW_TOKENS,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, max=MAX_NEW_TOKENS,
+                                                help="Longest answer, in tokens.")] = ANSWER_TOKENS,
     temperature: Annotated[Optional[float], typer.Option(
         "--temperature", metavar="T", min=0.0, max=100.0,
         help="Sample with this temperature instead of greedy decoding.")] = None,
     top_p: Annotated[Optional[float], typer.Option(
         "--top-p", metavar="P", min=0.0, max=1.0, help="Nucleus sampling (implies sampling).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", "-s", min=0, help="Seed for sampling.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", "-s", min=0, max=MAX_SEED, help="Seed for sampling.")] = None,
     model: opt.Model = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
@@ -55,8 +57,8 @@ def ask(
         inputs = [InputImage.open(p) for p in paths]
         config = settings.load_config()
         model_name, _ = model_from(model, None, config)
-        dtype_name = opt.enum_value(dtype) or config.get("dtype")
-        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), dtype_name).load()
+        flags = settings.flag_layer(dtype=opt.enum_value(dtype), device=opt.enum_value(device))
+        session = Session(ui, model_name, resolve(settings.layers(config, flags))).load()
         write = None if as_json else stdout_writer(sys.stdout)
         result = session.run_ask(question, inputs, max_new_tokens, temperature, top_p, seed, write)
         if as_json:

@@ -1,15 +1,21 @@
 """`internvlu batch`: many jobs, one model load.
 
 A jobs file holds one job per line: a JSON object (`{"mode": "gen"|"edit"|"ask", "prompt": ..., "image": ...,
-"seed": ..., "out": ..., plus any preset key}`) or a plain prompt. Blank lines and `#` comments are
-skipped. Every job is checked before the model loads; a bad job is reported and the others still run.
-A job's output is complete exactly when its file exists (files are renamed into place), which is what
-`--resume` relies on.
+"seed": ..., "out": ..., plus any preset key}`) or a plain prompt. A line starting with `{` or `[` is
+JSON, and one that does not parse is that job's error, never a prompt. Blank lines and `#` comments are
+skipped; a byte order mark and CRLF line ends are fine. Every job is checked before the model loads; a
+bad job is reported and the others still run.
+
+The model loads once, with the batch's settings. A job may turn VAE tiling on or off; a job whose keys or
+preset ask for another dtype, offload or compile is refused with the reason (the model, device and backend
+belong to the whole batch). A job's output is complete exactly when its file exists (files are renamed
+into place), which is what `--resume` relies on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +26,26 @@ import typer
 from internvlu import presets
 from internvlu.cli import options as opt
 from internvlu.cli import settings
+from internvlu.cli.ask import ANSWER_TOKENS
 from internvlu.cli.gen import model_from
 from internvlu.cli.session import ImageJob, InputImage, Session, stdout_writer
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import InternVLUError, UsageError
 from internvlu.images import atomic_write, remove_stale_temps
+from internvlu.limits import MAX_SEED
+from internvlu.runtime.settings import LOAD_KEYS, GenerationSettings, Layer, resolve
 
 MODES = ("gen", "edit", "ask")
-JOB_KEYS = {"mode", "prompt", "image", "seed", "out", "preset", *presets.SETTINGS} - set(presets.RUNTIME_KEYS)
+JOB_KEYS = {"mode", "prompt", "image", "seed", "out", "preset", *presets.SETTINGS}
+# Chosen once for the whole batch: a job naming one is told where it goes instead.
+BATCH_WIDE_KEYS = {"model": "--model", "device": "--device", "backend": "--backend"}
+# What an ask job may set of its own: it draws nothing, so only how the model is loaded matters.
+ASK_SETTING_KEYS = set(LOAD_KEYS) - {"vae_tiling"}
 ANSWER_SUFFIXES = (".txt", ".json")
-ASK_MAX_NEW_TOKENS = 512
+# JSON Lines ends lines with \n or \r\n; splitting on those alone keeps a JSON string holding U+2028 (or
+# any other character str.splitlines breaks at) in one piece.
+LINE_END = re.compile(r"\r?\n")
+BOM = "\ufeff"
 
 
 @dataclass
@@ -42,8 +58,9 @@ class BatchJob:
     seed: int | None = None
     out: str | None = None
     preset: str | None = None
-    settings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # the job's own setting keys, validated
     path: Path | None = None  # where the output goes; None for an ask job that only prints
+    resolved: GenerationSettings | None = None  # every layer applied, checked against the batch's model
     error: str | None = None
 
     @property
@@ -53,7 +70,12 @@ class BatchJob:
 
 def _job_from_object(job: BatchJob, data: object) -> None:
     if not isinstance(data, dict):
-        raise ValueError("a JSON job must be an object")
+        raise ValueError("a JSON job must be an object, such as {\"prompt\": \"a red fox\"}")
+    batch_wide = sorted(set(data) & set(BATCH_WIDE_KEYS))
+    if batch_wide:
+        key = batch_wide[0]
+        raise ValueError(f"{key!r} is chosen for the whole batch, not per job; pass {BATCH_WIDE_KEYS[key]} to "
+                         "internvlu batch (or run the job in another batch)")
     unknown = sorted(set(data) - JOB_KEYS)
     if unknown:
         raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
@@ -75,31 +97,37 @@ def _job_from_object(job: BatchJob, data: object) -> None:
         raise ValueError("'prompt' must be a non-empty string")
     job.seed = data.get("seed")
     if job.seed is not None and (isinstance(job.seed, bool) or not isinstance(job.seed, int)
-                                 or not 0 <= job.seed <= settings.MAX_SEED):
-        raise ValueError(f"'seed' must be an integer from 0 to {settings.MAX_SEED}")
+                                 or not 0 <= job.seed <= MAX_SEED):
+        raise ValueError(f"'seed' must be an integer from 0 to {MAX_SEED}")
     for key in ("out", "preset"):
         if data.get(key) is not None and (not isinstance(data[key], str) or not data[key]):
             raise ValueError(f"{key!r} must be a non-empty string")
     job.out, job.preset = data.get("out"), data.get("preset")
-    job.settings = presets.validate({k: v for k, v in data.items() if k in JOB_KEYS and k in presets.SETTINGS},
-                                    "settings", presets.SETTINGS)
+    job.settings = presets.validate({k: v for k, v in data.items() if k in presets.SETTINGS}, "settings",
+                                    presets.SETTINGS)
+    drawing = sorted(set(job.settings) - ASK_SETTING_KEYS)
+    if job.mode == "ask" and drawing:
+        raise ValueError(f"{drawing[0]!r} does not apply to an ask job (it answers in text); remove it")
 
 
 def parse_jobs(text: str) -> list[BatchJob]:
+    """One job per line: a JSON job where the line starts with { or [ (a broken one is an error, never a
+    prompt), else a plain prompt. A byte order mark opening the file (or a file joined into it) is dropped."""
     jobs = []
-    for line_number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for line_number, raw in enumerate(LINE_END.split(text), 1):
+        line = raw.strip().removeprefix(BOM).strip()
         if not line or line.startswith("#"):
             continue
         job = BatchJob(number=len(jobs) + 1, line=line_number)
         jobs.append(job)
-        if not line.startswith("{"):
+        if not line.startswith(("{", "[")):
             job.prompt = line
             continue
         try:
             _job_from_object(job, json.loads(line))
         except json.JSONDecodeError as exc:
-            job.error = f"not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object or one prompt per line"
+            job.error = (f"not valid JSON ({exc.msg} at column {exc.colno}); a line starting with {line[0]} is a JSON "
+                         "job: fix it, or write a prompt as {\"prompt\": \"...\"}")
         except (ValueError, UsageError) as exc:
             job.error = str(exc)
     return jobs
@@ -160,7 +188,7 @@ def batch(
                                         show_default=False)],
     resume: Annotated[bool, typer.Option("--resume", help="Skip jobs whose output file already exists.")] = False,
     seed: Annotated[Optional[int], typer.Option(
-        "--seed", "-s", min=0, metavar="SEED", help="Jobs without a seed get this seed plus their job number minus one. \\[default: random]",
+        "--seed", "-s", min=0, max=MAX_SEED, metavar="SEED", help="Jobs without a seed get this seed plus their job number minus one. \\[default: random]",
         show_default=False, rich_help_panel=opt.SETTINGS_PANEL)] = None,
     preset: opt.Preset = None,
     steps: opt.Steps = None,
@@ -199,8 +227,10 @@ def batch(
     with ui.capture_logs():
         config = settings.load_config()
         flags = settings.flag_layer(steps=steps, cfg=cfg, part_cfg=part_cfg, size=size, aspect=aspect, cot=cot,
-                                    max_new_tokens=cot_tokens, dtype=opt.enum_value(dtype))
-        base = settings.resolve(config, flags, preset)  # checks the batch-wide preset once, up front
+                                    max_new_tokens=cot_tokens, dtype=opt.enum_value(dtype),
+                                    device=opt.enum_value(device), backend=opt.enum_value(backend))
+        batch_preset = settings.preset_layer(preset) if preset is not None else None  # checked once, up front
+        base = resolve(settings.layers(config, flags, [batch_preset] if batch_preset else []), preset=preset)
         jobs = parse_jobs(read_jobs_file(file))
         if not jobs:
             raise UsageError(f"{file} holds no jobs; write one prompt or JSON job per line")
@@ -208,12 +238,14 @@ def batch(
         plan_paths(jobs, folder)
 
         model_name, _ = model_from(model, None, config)
-        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), base.get("dtype"),
-                          backend=opt.enum_value(backend) or config.get("backend", "auto"),
-                          offload=bool(base.get("offload")), vae_tiling=bool(base.get("vae_tiling")),
-                          compile=bool(base.get("compile")))
-        if any(not job.error and not (resume and job.path is not None and job.path.exists()) for job in jobs):
-            session.load()  # a model that cannot load stops the batch; with nothing left to do it is never loaded
+        to_run = [job for job in jobs if not job.error and not (resume and job.path is not None and job.path.exists())]
+        session = None
+        if to_run:  # with nothing left to do the model is never loaded
+            session = Session(ui, model_name, base)
+            for job in to_run:
+                plan_settings(job, config, flags, batch_preset, base, seed, session)
+            if any(not job.error for job in to_run):
+                session.load()  # a model that cannot load stops the batch
         counts = {"ok": 0, "skipped": 0, "failed": 0}
 
         def report(job: BatchJob, status: str, **extra) -> None:
@@ -235,12 +267,8 @@ def batch(
                     elif job.mode == "ask":
                         report(job, "ok", **run_ask_job(session, job, inputs, as_json, overwrite))
                     else:
-                        values = settings.resolve(config, settings.merge([flags, job.settings]), job.preset or preset,
-                                                  keep_shape=job.mode == "gen")
-                        job_seed = (job.seed if job.seed is not None else seed + job.number - 1 if seed is not None
-                                    else settings.random_seed())
-                        result = session.run_image(ImageJob(job.mode, job.prompt, job_seed, job.path, values, inputs,
-                                                            overwrite, job.preset or preset, label=f"job {job.number}"))
+                        result = session.run_image(ImageJob(job.mode, job.prompt, job.seed, job.path, job.resolved,
+                                                            inputs, overwrite, label=f"job {job.number}"))
                         if not as_json:
                             emit(result, False)
                         report(job, "ok", **result)
@@ -256,6 +284,31 @@ def batch(
                 f"{counts['failed']} failed")
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def plan_settings(job: BatchJob, config: dict, flags: Layer, batch_preset: Layer | None, base: GenerationSettings,
+                  base_seed: int | None, session: Session) -> None:
+    """A job's settings and seed, before the model loads; what the loaded model cannot honour is the job's error.
+
+    Layers, lowest first: the config file, the batch's --preset (a job's own preset replaces it, except for
+    how the model is loaded, which stays the batch's unless that preset says otherwise), the flags, the
+    job's keys. VAE tiling may differ per job; other load settings must match the batch's."""
+    named = [batch_preset] if batch_preset else []
+    if job.preset is not None:
+        try:
+            own = settings.preset_layer(job.preset, f"the job's preset {job.preset!r}")
+        except UsageError as exc:
+            job.error = str(exc)
+            return
+        named = [Layer(layer.source, {k: v for k, v in layer.values.items() if k in LOAD_KEYS}) for layer in named]
+        named.append(own)
+    layers = settings.layers(config, flags, named, keep_shape=job.mode == "gen") + [Layer("the job", job.settings)]
+    job.resolved = resolve(layers, preset=job.preset or base.preset)
+    job.error = job.resolved.mismatch(session.requested)
+    if job.seed is None and job.mode != "ask":
+        job.seed = base_seed + job.number - 1 if base_seed is not None else settings.random_seed()
+        if job.seed > MAX_SEED:
+            job.error = f"seed {base_seed} plus the job number runs past {MAX_SEED}; pick a smaller --seed"
 
 
 def prepare(job: BatchJob, resume: bool, overwrite: bool) -> list[InputImage] | None:
@@ -274,7 +327,7 @@ def prepare(job: BatchJob, resume: bool, overwrite: bool) -> list[InputImage] | 
 
 def run_ask_job(session: Session, job: BatchJob, inputs: list[InputImage], as_json: bool, overwrite: bool) -> dict:
     stream = None if as_json or job.path is not None else stdout_writer(sys.stdout)
-    result = session.run_ask(job.prompt, inputs, ASK_MAX_NEW_TOKENS, seed=job.seed, write=stream)
+    result = session.run_ask(job.prompt, inputs, ANSWER_TOKENS, seed=job.seed, write=stream)
     if job.path is not None:
         if job.path.suffix.lower() == ".json":
             data = json.dumps(result, ensure_ascii=False, indent=2) + "\n"

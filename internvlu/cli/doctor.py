@@ -46,21 +46,19 @@ def machine() -> dict:
 def memory_plans(model_path, budget: int | None, on_gpu: bool) -> list[dict]:
     from internvlu.runtime import memory
     from internvlu.runtime.config import DecoderConfig, VAEConfig
+    from internvlu.runtime.device import pick_dtype
+    from internvlu.runtime.settings import resolve
 
     counts = memory.count_parameters(model_path)
     decoder = DecoderConfig.from_file(model_path / "generation_decoder" / "config.json")
     vae_factor = VAEConfig.from_file(model_path / "vae" / "config.json").spatial_scale_factor
     rows = []
     for name in sorted(presets.preset_files()):
-        preset = presets.load_preset(name)
-        width, height = decoder.gen_image_width, decoder.gen_image_height
-        if "size" in preset:
-            width, height = presets.parse_size(preset["size"])
-        elif "aspect" in preset:
-            width, height = presets.size_for_aspect(presets.parse_aspect(preset["aspect"]), width * height)
-        dtype = preset.get("dtype") or ("bfloat16" if on_gpu else "float32")  # the CLI's own default
+        preset = resolve([settings.preset_layer(name)], preset=name)
+        width, height = preset.image.shape((decoder.gen_image_width, decoder.gen_image_height))
+        dtype = pick_dtype(preset.load.dtype, "cuda" if on_gpu else "cpu")
         dtype_bytes = 4 if dtype == "float32" else 2
-        offload = bool(preset.get("offload"))
+        offload = preset.load.offload
         for backbone in BACKBONES:
             estimate = memory.plan(counts, decoder, vae_factor, width, height, dtype_bytes, backbone, offload)
             if budget is None:
@@ -71,10 +69,9 @@ def memory_plans(model_path, budget: int | None, on_gpu: bool) -> list[dict]:
                 verdict = "offload"
             else:
                 verdict = "too big"
-            rows.append({"preset": name, "backbone": backbone, "width": width, "height": height,
-                         "dtype": "float32" if dtype_bytes == 4 else "bfloat16", "offload": offload,
-                         "peak_bytes": estimate["peak"], "weights_bytes": sum(estimate["weights"].values()),
-                         "verdict": verdict})
+            rows.append({"preset": name, "backbone": backbone, "width": width, "height": height, "dtype": dtype,
+                         "offload": offload, "peak_bytes": estimate["peak"],
+                         "weights_bytes": sum(estimate["weights"].values()), "verdict": verdict})
     return rows
 
 

@@ -15,16 +15,18 @@ from internvlu.cli.session import Session
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import UsageError
 from internvlu.images import atomic_write, exists_error, png_bytes
+from internvlu.limits import MAX_SEED, MAX_STEPS
+from internvlu.runtime.settings import resolve
 
 
 def evaluate(
     prompts: Annotated[int, typer.Option("--prompts", "-p", min=1, max=10000, help="Held-out prompts per task.")] = 200,
-    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="Denoising steps per image.")] = 20,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=MAX_STEPS, help="Denoising steps per image.")] = 20,
     tasks: Annotated[Optional[str], typer.Option(
         "--tasks", metavar="LIST", help="Comma-separated subset of t2i,words,edit,qa,reasoning (default: all).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out-dir", metavar="DIR", help="Also write eval.json and samples.png (a grid of outputs) here.")] = None,
-    seed: Annotated[int, typer.Option("--seed", "-s", min=0, help="Seed of the prompts and the noise.")] = 1234,
+    seed: Annotated[int, typer.Option("--seed", "-s", min=0, max=MAX_SEED, help="Seed of the prompts and the noise.")] = 1234,
     batch: Annotated[int, typer.Option("--batch", min=1, max=512, help="Prompts per pipeline call.")] = 25,
     overwrite: opt.Overwrite = False,
     model: opt.Model = None,
@@ -61,9 +63,9 @@ def evaluate(
     with ui.capture_logs():
         config = settings.load_config()
         model_name, _ = model_from(model, None, config)
-        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"),
-                          opt.enum_value(dtype) or config.get("dtype"),
-                          backend=opt.enum_value(backend) or config.get("backend", "auto")).load()
+        flags = settings.flag_layer(dtype=opt.enum_value(dtype), device=opt.enum_value(device),
+                                    backend=opt.enum_value(backend))
+        session = Session(ui, model_name, resolve(settings.layers(config, flags))).load()
         evaluator = Evaluator(session.pipe, EvalSettings(prompts=prompts, steps=steps, batch=batch, seed=seed, tasks=chosen),
                               log=ui.info)
         report = {"model": session.model_identity, "prompts_per_task": prompts, "steps": steps, "seed": seed,

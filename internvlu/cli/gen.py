@@ -17,6 +17,7 @@ from internvlu.cli.session import ImageJob, InputImage, Session, check_not_a_pat
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import UsageError
 from internvlu.images import read_recipe
+from internvlu.runtime.settings import Layer, resolve
 
 
 def recipe_inputs(recipe: dict, source: Path) -> list[InputImage]:
@@ -52,13 +53,18 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
         config = settings.load_config()
         recipe = read_recipe(from_) if from_ is not None else None
         flags = settings.flag_layer(steps=steps, cfg=cfg, part_cfg=part_cfg, size=size, aspect=aspect, cot=cot,
-                                    max_new_tokens=cot_tokens, dtype=opt.enum_value(dtype))
+                                    max_new_tokens=cot_tokens, dtype=opt.enum_value(dtype),
+                                    device=opt.enum_value(device), backend=opt.enum_value(backend))
         if recipe is not None and command == "gen" and recipe.get("inputs"):
             command = "edit"  # reproducing an edit: its inputs come from the recipe
             inputs = recipe_inputs(recipe, from_)
         else:
             inputs = [InputImage.open(p) for p in image_paths]
-        values = settings.resolve(config, flags, preset, recipe, keep_shape=command == "gen")
+        recorded = Layer.from_recipe(recipe, str(from_)) if recipe is not None else None
+        # The preset is recorded as it was named, so a replay is byte-identical; its values come from the recipe.
+        named = [settings.preset_layer(preset)] if preset is not None else []
+        values = resolve(settings.layers(config, flags, named, recorded, keep_shape=command == "gen"),
+                         preset=preset or (recipe or {}).get("preset"))
         if prompt is None and recipe is not None:
             prompt = recipe.get("prompt")
         if not prompt or not prompt.strip():
@@ -67,19 +73,15 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
         seed_list = settings.plan_seeds(settings.parse_seeds(seeds), count, fallback_seed)
         outputs = settings.plan_outputs(seed_list, prompt, out, out_dir, overwrite)
 
-        preset_name = preset or (recipe or {}).get("preset")  # recorded as it was, so a replay is byte-identical
         model_name, revision = model_from(model, recipe, config)
-        session = Session(ui, model_name, opt.enum_value(device) or config.get("device", "auto"), values.get("dtype"),
-                          revision, opt.enum_value(backend) or config.get("backend", "auto"),
-                          offload=bool(values.get("offload")), vae_tiling=bool(values.get("vae_tiling")),
-                          compile=bool(values.get("compile"))).load()
-        recorded = (recipe or {}).get("model") or {}
-        if recorded.get("folder_hash") and session.model_identity.get("folder_hash") not in (None, recorded["folder_hash"]):
+        session = Session(ui, model_name, values, revision).load()
+        recorded_hash = ((recipe or {}).get("model") or {}).get("folder_hash")
+        if recorded_hash and session.model_identity.get("folder_hash") not in (None, recorded_hash):
             ui.warn(f"the weights in {session.model.path} differ from the ones {from_} was made with; "
                     "the image will not be the same")
         with ui.progress():
             for k, (seed, path) in enumerate(zip(seed_list, outputs)):
-                job = ImageJob(command, prompt, seed, path, values, inputs, overwrite, preset_name,
+                job = ImageJob(command, prompt, seed, path, values, inputs, overwrite,
                                label=f"image {k + 1}/{len(seed_list)}" if len(seed_list) > 1 else "")
                 emit(session.run_image(job), as_json)
 

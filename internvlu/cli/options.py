@@ -8,30 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from internvlu.limits import DEVICES, DTYPE_NAMES, MAX_SIDE, MIN_SIDE
+from internvlu.runtime.settings import BACKENDS
+
 MODEL_PANEL = "Model and device"
 OUTPUT_PANEL = "Output"
 SETTINGS_PANEL = "Generation settings"
 
 
-class DeviceChoice(str, Enum):
-    auto = "auto"
-    cuda = "cuda"
-    cpu = "cpu"
-    mps = "mps"
-
-
-class DtypeChoice(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class BackendChoice(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    onnx = "onnx"
-    trt = "trt"
+# typer offers an Enum's values as a flag's choices; these are built from the one list of each.
+DeviceChoice = Enum("DeviceChoice", {name: name for name in DEVICES}, type=str)
+DtypeChoice = Enum("DtypeChoice", {name: name for name in DTYPE_NAMES}, type=str)
+BackendChoice = Enum("BackendChoice", {name: name for name in BACKENDS}, type=str)
 
 
 class BackboneChoice(str, Enum):
@@ -110,7 +98,7 @@ PartCfg = Annotated[Optional[float], typer.Option(
     help="Guidance towards the input images / partial condition. \\[default: 2.0, or 1.5 with --cot]",
     show_default=False, rich_help_panel=SETTINGS_PANEL)]
 Size = Annotated[Optional[str], typer.Option(
-    "--size", metavar="WxH", help="Output size, e.g. 1024x576 (16 to 4096 per side).", rich_help_panel=SETTINGS_PANEL)]
+    "--size", metavar="WxH", help=f"Output size, e.g. 1024x576 ({MIN_SIDE} to {MAX_SIDE} per side).", rich_help_panel=SETTINGS_PANEL)]
 Aspect = Annotated[Optional[str], typer.Option(
     "--aspect", metavar="W:H", help="Output aspect ratio at the default pixel count, e.g. 16:9.",
     rich_help_panel=SETTINGS_PANEL)]

@@ -4,7 +4,7 @@
   world of shapes, colours and words (`python -m internvlu.train`); it ships inside the package.
 - `tiny`: a small random checkpoint of the real architecture (draws noise; for tests and plumbing), built
   by `internvlu.runtime.synthetic` on first use into `$INTERNVLU_HOME/models/tiny` (default
-  `~/.cache/internvlu`), under a file lock and with an atomic rename, so concurrent first runs agree.
+  `~/.cache/internvlu`), under a file lock (filelock) and with an atomic rename, so concurrent first runs agree.
 - an existing folder: used as is.
 - `owner/name`: a Hugging Face repo in huggingface_hub's standard cache (`internvlu models pull`).
 """
@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from internvlu.errors import CheckpointError, UsageError
-from internvlu.runtime.checkpoint import folder_hash
 
 EMBEDDED = ("nano", "tiny")
 PACKAGED = ("nano",)  # shipped inside the package; the others are built on first use
@@ -55,6 +55,8 @@ class ModelRef:
 
     def identity(self) -> dict:
         """What an output records: enough to find the same weights again and to notice if they changed."""
+        from internvlu.runtime.checkpoint import folder_hash  # imports torch: not at `internvlu --help`
+
         out = {"id": self.id, "kind": self.kind, "revision": self.revision}
         if self.kind != "hub":  # a hub revision is already a content hash
             out["folder_hash"] = folder_hash(self.path)
@@ -62,7 +64,15 @@ class ModelRef:
 
 
 def looks_like_repo_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith("/")
+    """`owner/name` as the Hub spells repo ids; a bare name is taken for a missing folder, not a repo."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return "/" in name
 
 
 def resolve(name: str, revision: str | None = None, notify: Callable[[str], None] = lambda _: None) -> ModelRef:
@@ -81,21 +91,6 @@ def resolve(name: str, revision: str | None = None, notify: Callable[[str], None
                          f"such as {DEFAULT_REPO_ID}, or {' / '.join(EMBEDDED)}")
     path = resolve_model_dir(name, revision)
     return ModelRef(name, "hub", path, path.name if path.parent.name == "snapshots" else revision)
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, the atomic rename still keeps the cache consistent
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_embedded(name: str, notify: Callable[[str], None] = lambda _: None) -> Path:
@@ -118,7 +113,7 @@ def ensure_embedded(name: str, notify: Callable[[str], None] = lambda _: None) -
         lock.touch()
     except OSError as exc:
         raise UsageError(f"cannot write the model cache {root} ({exc.strerror}); set INTERNVLU_HOME to a writable folder") from None
-    with file_lock(lock):
+    with FileLock(lock):
         if (final / "model_index.json").is_file():  # another process built it while we waited
             return final
         for stale in root.glob(f".{name}-build-*"):  # left by a killed build; we hold the lock
@@ -146,7 +141,7 @@ def remove_embedded(name: str) -> bool:
     if not final.exists():
         return False
     root = final.parent
-    with file_lock(root / f".{name}.lock"):
+    with FileLock(root / f".{name}.lock"):
         shutil.rmtree(final)
     return True
 

@@ -2,6 +2,8 @@
 
 - Device and dtype: `auto` picks CUDA, then MPS, then the CPU (with a notice that it is slow);
   bfloat16 on CUDA, float32 elsewhere. The choice is recorded in every output.
+- Settings: one `GenerationSettings` per image; the model loads with its load-time part once, and an
+  image asking for other load settings is refused (`check`), except VAE tiling, which is switched.
 - Images: one pipeline call per seed with `torch.Generator("cpu").manual_seed(seed)`, so image k of
   `-n` is the same as a single run with that seed, on any device; saved atomically with the recipe.
 - Ctrl-C: while a model runs, the first Ctrl-C stops at the next denoising step or token (a second one
@@ -15,18 +17,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
 import internvlu
-from internvlu import presets
 from internvlu.cli import registry
 from internvlu.cli.ui import UI, printable
 from internvlu.errors import UsageError
 from internvlu.images import file_sha256, load_image, save_png
+from internvlu.runtime.settings import COMMAND_LINE, GenerationSettings, LoadSettings
 
 
+# The recipe keys a --json result repeats under "settings".
+RESULT_SETTINGS = ("steps", "cfg", "part_cfg", "width", "height", "max_new_tokens", "preset", "dtype", "device")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -58,10 +62,9 @@ class ImageJob:
     prompt: str
     seed: int
     out: Path
-    settings: dict  # merged settings (see internvlu.presets.SETTINGS)
+    settings: GenerationSettings
     inputs: list[InputImage] = field(default_factory=list)
     overwrite: bool = False
-    preset: str | None = None
     label: str = ""
 
 
@@ -130,90 +133,92 @@ def stdout_writer(stream: TextIO) -> Callable[[str, bool], None]:
 # ---- the session -------------------------------------------------------------------------------------
 
 class Session:
-    def __init__(self, ui: UI, model: str, device: str = "auto", dtype: str | None = None, revision: str | None = None,
-                 backend: str = "auto", offload: bool = False, vae_tiling: bool = False, compile: bool = False):
+    """A model loaded once with `settings.load`; images may switch VAE tiling, nothing else of the load."""
+
+    def __init__(self, ui: UI, model: str, settings: GenerationSettings, revision: str | None = None):
         self.ui = ui
         self.model_name = model
         self.revision = revision
-        self.device_name = device
-        self.dtype_name = dtype
-        self.backend_name = backend
-        self.offload = bool(offload)
-        self.vae_tiling = bool(vae_tiling)
-        self.compile = bool(compile)
+        self.settings = settings
+        self.requested = settings.load_here()  # device and dtype picked now: a bad one fails before any loading
+        self.loaded: LoadSettings | None = None  # as the model runs (backend chosen, compile where it applies)
         self.interrupt = Interrupt(ui)
         self.pipe = None
         self.model: registry.ModelRef | None = None
         self.model_identity: dict = {}
         self.load_s = 0.0
 
+    @property
+    def device(self) -> str:
+        return self.requested.device
+
+    @property
+    def dtype(self) -> str:
+        return self.requested.dtype
+
     def load(self) -> "Session":
-        from internvlu.runtime.device import pick_device, pick_dtype
         from internvlu.runtime.pipeline import InternVLUPipeline
 
         start = time.perf_counter()
-        self.device = pick_device(self.device_name)
-        self.dtype = pick_dtype(self.dtype_name, self.device)
+        wanted = self.requested
         self.model = registry.resolve(self.model_name, self.revision, notify=self.ui.info)
-        self.ui.info(f"loading model {self.model.id} ({self.dtype}, {self.device})")
-        if self.device == "cpu":
+        self.ui.info(f"loading model {self.model.id} ({wanted.dtype}, {wanted.device})")
+        if wanted.device == "cpu":
             self.ui.info("note: running on the CPU, which is slow: the full InternVL-U model takes minutes per image "
                          "here; use a GPU (--device cuda) for real work")
-        self.pipe = InternVLUPipeline.from_pretrained(self.model.path, torch_dtype=self.dtype, backend=self.backend_name,
-                                                      device=self.device, offload=self.offload)
-        if self.vae_tiling:
-            self.pipe.enable_vae_tiling()
-        if self.compile and self.pipe.backend == "torch":
+        try:
+            self.pipe = InternVLUPipeline.from_pretrained(self.model.path, torch_dtype=wanted.dtype,
+                                                          backend=wanted.backend, device=wanted.device,
+                                                          offload=wanted.offload)
+        except UsageError as exc:  # the backend cannot run here; say who asked for it when it was not a flag
+            origin = self.settings.source("backend")
+            if wanted.backend == "auto" or origin == COMMAND_LINE:
+                raise
+            raise UsageError(f"{exc} (backend {wanted.backend} comes from {origin}; pass --backend to choose "
+                             "another, the pixels may differ)") from None
+        compiled = wanted.compile and self.pipe.backend == "torch"
+        if compiled:
             self.pipe.enable_compile()
+        elif wanted.compile:
+            self.ui.info(f"compile skipped: the {self.pipe.backend} head is compiled already")
+        self.loaded = replace(wanted, backend=self.pipe.backend, compile=compiled)
+        self.use_vae_tiling(wanted.vae_tiling)
         self.model_identity = self.model.identity()
         self.load_s = time.perf_counter() - start
         return self
 
+    def use_vae_tiling(self, tiled: bool) -> None:
+        """Decode the next images in tiles or whole (the one load setting that can change between images)."""
+        if tiled:
+            self.pipe.enable_vae_tiling()
+        else:
+            self.pipe.vae.model.disable_tiling()
+        self.loaded = replace(self.loaded, vae_tiling=tiled)
+
     # -- images ----------------------------------------------------------------------------------------
 
-    def concrete(self, job: ImageJob) -> dict:
-        """Every number the pipeline gets, defaults filled in from the model, as recorded in the PNG."""
-        from internvlu.runtime.pipeline import COT_MODE_DEFAULTS, IMAGE_MODE_DEFAULTS
-
-        s = job.settings
-        cot = bool(s.get("cot", False))
-        defaults = COT_MODE_DEFAULTS if cot else IMAGE_MODE_DEFAULTS
-        if "size" in s:
-            width, height = presets.parse_size(s["size"])
-        elif job.inputs:
-            base = job.inputs[0].image
-            width, height = base.width, base.height
-            if "aspect" in s:
-                width, height = presets.size_for_aspect(presets.parse_aspect(s["aspect"]), width * height)
-            elif max(width, height) > presets.MAX_SIDE:
-                scale = presets.MAX_SIDE / max(width, height)
-                width, height = max(presets.MIN_SIDE, int(width * scale)), max(presets.MIN_SIDE, int(height * scale))
-        else:
-            config = self.pipe.generation_decoder.config
-            width, height = config.gen_image_width, config.gen_image_height
-            if "aspect" in s:
-                width, height = presets.size_for_aspect(presets.parse_aspect(s["aspect"]), width * height)
-        out = {
-            "steps": s.get("steps", defaults["num_inference_steps"]),
-            "cfg": float(s.get("cfg", defaults["all_cfg_scale"])),
-            "part_cfg": float(s.get("part_cfg", defaults["part_cfg_scale"])),
-            "width": width,
-            "height": height,
-        }
-        if cot:
-            out["max_new_tokens"] = s.get("max_new_tokens", COT_MODE_DEFAULTS["max_new_tokens"])
-        return out
+    def check(self, settings: GenerationSettings) -> None:
+        """Refuse settings whose load-time part this loaded model cannot honour (VAE tiling it can switch)."""
+        reason = settings.mismatch(self.requested)
+        if reason:
+            raise UsageError(reason)
 
     def run_image(self, job: ImageJob) -> dict:
         """Generate, save atomically, and return the JSON result."""
         import torch
 
-        values = self.concrete(job)
-        cot = "max_new_tokens" in values
+        self.check(job.settings)
+        if job.settings.load.vae_tiling != self.loaded.vae_tiling:
+            self.use_vae_tiling(job.settings.load.vae_tiling)
+        decoder = self.pipe.generation_decoder.config
+        image = job.settings.image.concrete((decoder.gen_image_width, decoder.gen_image_height),
+                                            (job.inputs[0].image.width, job.inputs[0].image.height) if job.inputs else None)
+        drawn = replace(job.settings, image=image, load=self.loaded)  # what the recipe records
+        (width, height), cot = image.size, image.cot
         label = job.label or f"seed {job.seed}"
         bars = self.ui.bars
-        thought_task = bars.add_task(f"{label}: thinking", total=values["max_new_tokens"]) if cot else None
-        step_task = bars.add_task(f"{label}: denoising", total=values["steps"])
+        thought_task = bars.add_task(f"{label}: thinking", total=image.max_new_tokens) if cot else None
+        step_task = bars.add_task(f"{label}: denoising", total=image.steps)
 
         def on_step(index: int, total: int, latents) -> None:
             bars.update(step_task, completed=index + 1, total=total, refresh=True)
@@ -231,7 +236,7 @@ class Session:
                 self.ui.block(f"reasoning ({label})", "".join(thought_chunks))
 
         streamer = text_streamer(self.pipe.tokenizer, on_thought, on_token) if cot else None
-        self.ui.info(f"generating {job.out.name} ({values['width']}x{values['height']}, {values['steps']} steps, "
+        self.ui.info(f"generating {job.out.name} ({width}x{height}, {image.steps} steps, "
                      f"seed {job.seed}{', chain of thought first' if cot else ''})")
         start = time.perf_counter()
         try:
@@ -240,10 +245,10 @@ class Session:
                     job.prompt,
                     image=[[i.image for i in job.inputs]] if job.inputs else None,
                     generation_mode="text_image" if cot else "image",
-                    height=values["height"], width=values["width"], num_inference_steps=values["steps"],
-                    all_cfg_scale=values["cfg"], part_cfg_scale=values["part_cfg"],
+                    height=height, width=width, num_inference_steps=image.steps,
+                    all_cfg_scale=image.cfg, part_cfg_scale=image.part_cfg,
                     generator=torch.Generator("cpu").manual_seed(job.seed),
-                    max_new_tokens=values.get("max_new_tokens"), streamer=streamer, callback=on_step,
+                    max_new_tokens=image.max_new_tokens, streamer=streamer, callback=on_step,
                 )
         finally:
             bars.remove_task(step_task)
@@ -255,26 +260,20 @@ class Session:
         recipe = {
             "internvlu_version": internvlu.__version__,
             "command": job.command,
-            "mode": "text_image" if cot else "image",
             "prompt": job.prompt,
             "cot_text": thought,
             "seed": job.seed,
-            **values,
-            "preset": job.preset,
+            **drawn.to_recipe(),
             "model": self.model_identity,
-            "dtype": self.dtype,
-            "device": self.device,
-            "backend": self.pipe.backend,
-            "vae_tiling": self.vae_tiling,
             "inputs": [i.record() for i in job.inputs],
         }
         start = time.perf_counter()
         save_png(result.images[0], job.out, recipe, overwrite=job.overwrite)
         save_s = time.perf_counter() - start
-        settings = {k: recipe[k] for k in (*values, "preset", "dtype", "device")}
         return {
             "path": str(job.out), "seed": job.seed, "command": job.command, "prompt": job.prompt, "cot": thought,
-            "inputs": recipe["inputs"], "settings": settings, "model": self.model_identity,
+            "inputs": recipe["inputs"], "settings": {k: recipe[k] for k in RESULT_SETTINGS if k in recipe},
+            "model": self.model_identity,
             "timings": {"load_s": round(self.load_s, 3), "generate_s": round(generate_s, 3), "save_s": round(save_s, 3)},
         }
 

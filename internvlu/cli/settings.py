@@ -1,4 +1,5 @@
-"""Turning flags, presets, the config file and `--from` recipes into one set of settings.
+"""Gathering the layers of settings (flags, presets, the config file, `--from` recipes) for
+`internvlu.runtime.settings.resolve`, which turns them into one `GenerationSettings`.
 
 Precedence, highest first: flags > `--preset` > the `--from` recipe > `config.json` (its own keys, then
 its `preset`) > the model's defaults. `size` and `aspect` count as one setting (the output shape): the
@@ -12,25 +13,19 @@ import re
 import secrets
 import tempfile
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 
 from internvlu import presets
 from internvlu.errors import UsageError
-from internvlu.limits import DEVICES, MAX_IMAGES_PER_COMMAND, MAX_SEED
 from internvlu.images import exists_error, write_error
+from internvlu.limits import MAX_IMAGES_PER_COMMAND, MAX_SEED
+from internvlu.runtime.settings import COMMAND_LINE, SETTING_KEYS, SHAPE_KEYS, Layer
 
-SHAPE_KEYS = ("size", "aspect")
-CONFIG_KEYS = {**presets.SETTINGS, "preset": presets.string_value, "model": presets.string_value,
-               "device": lambda v: _choice(v, DEVICES),
-               "backend": lambda v: _choice(v, ("auto", "torch", "onnx", "trt"))}
+CONFIG_KEYS = {**SETTING_KEYS, "preset": presets.string_value, "model": presets.string_value}
 FLAGS = {"steps": "--steps", "cfg": "--cfg", "part_cfg": "--part-cfg", "size": "--size", "aspect": "--aspect",
-         "cot": "--cot", "max_new_tokens": "--cot-tokens", "dtype": "--dtype"}
-
-
-def _choice(value: object, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"must be one of {', '.join(choices)}")
-    return value
+         "cot": "--cot", "max_new_tokens": "--cot-tokens", "dtype": "--dtype", "device": "--device",
+         "backend": "--backend"}
 
 
 def config_path() -> Path:
@@ -45,60 +40,40 @@ def load_config() -> dict:
     return presets.validate(presets.read_json_object(path), f"config file {path}", CONFIG_KEYS)
 
 
-def merge(layers: list[dict]) -> dict:
-    """Lowest precedence first; a layer naming a size or an aspect replaces both."""
-    merged: dict = {}
-    for layer in layers:
-        if any(k in layer for k in SHAPE_KEYS):
-            for key in SHAPE_KEYS:
-                merged.pop(key, None)
-        merged.update({k: v for k, v in layer.items() if v is not None})
-    return merged
-
-
-def flag_layer(*, steps=None, cfg=None, part_cfg=None, size=None, aspect=None, cot=None, max_new_tokens=None,
-               dtype=None) -> dict:
-    if size is not None and aspect is not None:
+def flag_layer(**flags) -> Layer:
+    """The settings given as flags (keys of `FLAGS`; None for a flag not given)."""
+    values = {key: value for key, value in flags.items() if value is not None}
+    if "size" in values and "aspect" in values:
         raise UsageError("--size and --aspect both set the output shape; pass only one")
-    layer = {"steps": steps, "cfg": cfg, "part_cfg": part_cfg, "size": size, "aspect": aspect, "cot": cot,
-             "max_new_tokens": max_new_tokens, "dtype": dtype}
-    layer = {k: v for k, v in layer.items() if v is not None}
-    for key, value in layer.items():
+    for key, value in values.items():
         try:
-            presets.SETTINGS[key](value)
+            SETTING_KEYS[key](value)
         except ValueError as exc:
             raise UsageError(f"{FLAGS[key]} {value} {exc}") from None
-    return layer
+    return Layer(COMMAND_LINE, values)
 
 
-def recipe_layer(recipe: dict) -> dict:
-    layer = {"steps": recipe.get("steps"), "cfg": recipe.get("cfg"), "part_cfg": recipe.get("part_cfg"),
-             "cot": recipe.get("mode") == "text_image", "dtype": recipe.get("dtype")}
-    if recipe.get("width") and recipe.get("height"):
-        layer["size"] = f"{recipe['width']}x{recipe['height']}"
-    if recipe.get("max_new_tokens") is not None:
-        layer["max_new_tokens"] = recipe["max_new_tokens"]
-    layer = {k: v for k, v in layer.items() if v is not None}
-    return presets.validate(layer, "the --from recipe", presets.SETTINGS)
+def preset_layer(name: str, source: str | None = None) -> Layer:
+    return Layer(source or f"preset {name!r}", presets.load_preset(name))
 
 
-def resolve(config: dict, flags: dict, preset: str | None = None, recipe: dict | None = None,
-            keep_shape: bool = True) -> dict:
-    """Merged settings for one run; `keep_shape=False` ignores sizes from the config and presets (edit)."""
-    def shape_filtered(layer: dict) -> dict:
-        return layer if keep_shape else {k: v for k, v in layer.items() if k not in SHAPE_KEYS}
+def layers(config: dict, flags: Layer, named_presets: Sequence[Layer] = (), recipe: Layer | None = None,
+           keep_shape: bool = True) -> list[Layer]:
+    """Every layer of one run, lowest precedence first (`named_presets`: those named for the run, lowest first).
+    `keep_shape=False` drops the sizes and aspects of the config file and the presets: an edit follows its
+    input unless a flag or its recipe says otherwise."""
+    def shaped(layer: Layer) -> Layer:
+        return layer if keep_shape else Layer(layer.source, {k: v for k, v in layer.values.items() if k not in SHAPE_KEYS})
 
-    config_settings = {k: v for k, v in config.items() if k in presets.SETTINGS}
-    layers = []
+    found = []
     if config.get("preset"):
-        layers.append(shape_filtered(presets.load_preset(config["preset"])))
-    layers.append(shape_filtered(config_settings))
+        found.append(shaped(preset_layer(config["preset"], f"preset {config['preset']!r} (named in config.json)")))
+    found.append(shaped(Layer(f"config file {config_path()}", {k: v for k, v in config.items() if k in SETTING_KEYS})))
     if recipe is not None:
-        layers.append(recipe_layer(recipe))
-    if preset is not None:
-        layers.append(shape_filtered(presets.load_preset(preset)))
-    layers.append(flags)
-    return merge(layers)
+        found.append(recipe)
+    found += [shaped(layer) for layer in named_presets]
+    found.append(flags)
+    return found
 
 
 # ---- seeds -------------------------------------------------------------------------------------------

@@ -39,28 +39,12 @@ def print_error(message: str) -> None:
     stderr_console().print(f"[bold red]error:[/] {escape(message)}")
 
 
-class _NoBars:
-    """The `Progress` calls the CLI makes, doing nothing (not a terminal, or -q)."""
-
-    def add_task(self, description: str, total: float | None = None, **_) -> int:
-        return 0
-
-    def update(self, task: int, **_) -> None:
-        pass
-
-    def advance(self, task: int, amount: float = 1) -> None:
-        pass
-
-    def remove_task(self, task: int) -> None:
-        pass
-
-
 class UI:
     def __init__(self, quiet: bool = False):
         self.console = stderr_console()
         self.quiet = quiet
         self.bars_enabled = not quiet and self.console.is_terminal
-        self.bars = _NoBars()
+        self.bars = Progress(disable=True)  # outside `progress()` the CLI's bar calls draw nothing
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -78,17 +62,14 @@ class UI:
 
     @contextmanager
     def progress(self) -> Iterator[None]:
-        if not self.bars_enabled:
-            yield
-            return
         bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=self.console, transient=True)
-        self.bars = bars
+                        TimeRemainingColumn(), console=self.console, transient=True, disable=not self.bars_enabled)
+        previous, self.bars = self.bars, bars
         try:
             with bars:
                 yield
         finally:
-            self.bars = _NoBars()
+            self.bars = previous
 
     @contextmanager
     def capture_logs(self) -> Iterator[None]:

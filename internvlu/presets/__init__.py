@@ -2,8 +2,8 @@
 
 A preset (and the `config.json` defaults) is a flat JSON object whose keys are in `SETTINGS`; values
 are validated and unknown keys are rejected, naming the file. User presets live in
-`$INTERNVLU_CONFIG_DIR/presets/` (default `~/.config/internvlu/presets/`) and shadow built-ins of the
-same name. Precedence is resolved by the CLI: flag > preset > config file > default.
+`$INTERNVLU_CONFIG_DIR/presets/` (default: `presets/` in `config_dir()`, `~/.config/internvlu/` on Linux)
+and shadow built-ins of the same name. Precedence is resolved by `internvlu.runtime.settings`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def parse_aspect(text: str) -> tuple[float, float]:
     return a, b
 
 
-def size_for_aspect(aspect: tuple[float, float], area: int, multiple: int = 16) -> tuple[int, int]:
+def size_for_aspect(aspect: tuple[float, float], area: int, multiple: int = MIN_SIDE) -> tuple[int, int]:
     """Width and height with about `area` pixels at this aspect ratio, sides multiples of `multiple`."""
     a, b = aspect
     width = math.sqrt(area * a / b)
@@ -115,8 +115,6 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "compile": _boolean,
 }
 PRESET_KEYS = {"description": string_value, **SETTINGS}
-# Settings of the loaded model rather than of one image: a batch takes them once, not per job.
-RUNTIME_KEYS = ("offload", "vae_tiling", "compile")
 
 
 def validate(data: object, source: str, keys: dict[str, Callable[[object], object]] = PRESET_KEYS) -> dict:
@@ -150,11 +148,14 @@ def read_json_object(path: Path) -> object:
 # ---- where presets come from ------------------------------------------------------------------------
 
 def config_dir() -> Path:
-    """`$INTERNVLU_CONFIG_DIR`, else `$XDG_CONFIG_HOME/internvlu`, else `~/.config/internvlu`."""
+    """`$INTERNVLU_CONFIG_DIR`, else the platform's folder for the app's settings (click's `get_app_dir`):
+    `$XDG_CONFIG_HOME/internvlu` or `~/.config/internvlu` on Linux, `~/Library/Application Support/internvlu`
+    on macOS, `%APPDATA%\\internvlu` on Windows."""
     if os.environ.get("INTERNVLU_CONFIG_DIR"):
         return Path(os.environ["INTERNVLU_CONFIG_DIR"]).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base).expanduser() / "internvlu"
+    from typer import get_app_dir  # here, not at import: presets is a base layer the runtime may import
+
+    return Path(get_app_dir("internvlu"))
 
 
 def user_presets_dir() -> Path:

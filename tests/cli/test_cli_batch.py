@@ -8,6 +8,7 @@ import signal
 import time
 
 from .helpers import FAST, one_line_error, pixels, start_cli
+from internvlu.cli.batch import parse_jobs
 from internvlu.images import read_recipe
 
 
@@ -108,3 +109,71 @@ def test_resume_after_the_batch_is_killed_midway(tmp_path, model_dir):
     for name in names:
         assert pixels(killed / name) == pixels(tmp_path / "reference" / name)
         assert (killed / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_keep_json_jobs_json(cli, model_dir, tmp_path):
+    """Windows editors write both; the first job must stay a JSON job, not become its own text as a prompt."""
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [json.dumps({"prompt": "a fox", "seed": 7, "out": "fox.png"}), json.dumps({"prompt": "a boat", "seed": 8})]
+    jobs.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    result = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
+    assert result.code == 0, result
+    assert [r["path"] for r in result.json_lines()] == [os.path.join("out", "fox.png"), os.path.join("out", "0002-a-boat.png")]
+    assert (read_recipe("out/fox.png")["prompt"], read_recipe("out/fox.png")["seed"]) == ("a fox", 7)
+
+
+def test_json_looking_lines_are_json_jobs_or_errors_never_prompts():
+    jobs = parse_jobs('  {"prompt": "indented"}\n["a list"]\n[draft] a fox\n{"prompt": "cut\n'
+                      + json.dumps({"prompt": "one\u2028line"}, ensure_ascii=False) + "\nplain words\n")
+    assert [(j.line, j.prompt) for j in jobs if not j.error] == [(1, "indented"), (5, "one\u2028line"), (6, "plain words")]
+    errors = {j.line: j.error for j in jobs if j.error}
+    assert "must be an object" in errors[2]
+    assert "not valid JSON" in errors[3] and '{"prompt": "..."}' in errors[3]  # says how to write such a prompt
+    assert "not valid JSON" in errors[4]
+
+
+def test_load_settings_in_a_job_are_honoured_or_refused_never_dropped(cli, model_dir, tmp_path, user_dirs):
+    (user_dirs["config"] / "presets").mkdir(parents=True)
+    (user_dirs["config"] / "presets" / "tiled.json").write_text(json.dumps({"vae_tiling": True}))
+    # Wider than the VAE's 256-pixel tile, so tiling engages; the same prompt and seed for all three.
+    wide = {"prompt": "a strip", "size": "272x32", "steps": 1, "seed": 3}
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        {"vae_tiling": True, "out": "tiled.png", **wide},
+        {"out": "whole.png", **wide},
+        {"preset": "tiled", "out": "preset.png", **wide},
+        {"prompt": "bf16", "dtype": "bfloat16"},
+        {"prompt": "low", "preset": "lowvram"},
+        {"prompt": "offload", "offload": True},
+        {"prompt": "same dtype", "dtype": "float32", "out": "same.png"},
+        {"prompt": "elsewhere", "device": "cpu"},
+        {"mode": "ask", "prompt": "what?", "steps": 3},
+    )
+    result = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
+    assert result.code == 1, result
+    rows = result.json_lines()
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "failed", "failed", "ok", "failed", "failed"]
+    errors = {r["job"]: r["error"] for r in rows if r["status"] == "failed"}
+    assert errors[4].startswith("dtype bfloat16 (from the job) differs from the float32 the model is loaded with")
+    assert "another batch" in errors[4] and "--dtype bfloat16" in errors[4]
+    assert errors[5].startswith("dtype bfloat16 (from the job's preset 'lowvram')")
+    assert errors[6].startswith("offload true (from the job) differs")
+    assert "'device' is chosen for the whole batch" in errors[8] and "--device" in errors[8]
+    assert "'steps' does not apply to an ask job" in errors[9]
+    assert [read_recipe(f"out/{name}")["vae_tiling"] for name in ("tiled.png", "whole.png", "preset.png")] == [True, False, True]
+    assert pixels("out/tiled.png") == pixels("out/preset.png") != pixels("out/whole.png")
+    single = cli("gen", "a strip", "--model", model_dir, "--preset", "tiled", "--size", "272x32", "--steps", 1,
+                 "--seed", 3, "-o", "single.png")
+    assert single.code == 0 and pixels("single.png") == pixels("out/tiled.png")
+
+
+def test_a_job_preset_keeps_the_batch_load_settings_it_does_not_name(cli, model_dir, tmp_path, user_dirs):
+    (user_dirs["config"] / "presets").mkdir(parents=True)
+    (user_dirs["config"] / "presets" / "tiled.json").write_text(json.dumps({"vae_tiling": True, "steps": 1}))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "fast", "preset": "fast", "out": "fast.png"},
+                      {"prompt": "untiled", "vae_tiling": False, "out": "untiled.png"})
+    result = cli("batch", jobs, "--model", model_dir, "--size", "64x64", "--preset", "tiled", "--out-dir", "out")
+    assert result.code == 0, result
+    fast, untiled = read_recipe("out/fast.png"), read_recipe("out/untiled.png")
+    assert (fast["steps"], fast["vae_tiling"], fast["preset"]) == (10, True, "fast")
+    assert (untiled["steps"], untiled["vae_tiling"], untiled["preset"]) == (1, False, "tiled")

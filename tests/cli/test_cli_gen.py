@@ -10,7 +10,7 @@ import signal
 from PIL import Image
 from rich.console import Console
 
-from .helpers import FAST, pixels
+from .helpers import FAST, one_line_error, pixels
 from internvlu import presets
 from internvlu.images import file_sha256, read_recipe
 
@@ -178,3 +178,45 @@ def test_ctrl_c_stops_between_steps_and_leaves_no_file(cli, model_dir, monkeypat
     assert result.stderr.strip().splitlines()[-1] == "error: interrupted"
     assert steps_run == [0]
     assert list((tmp_path / "stopped").iterdir()) == []
+
+
+def test_from_replays_a_tiled_lowvram_image_bit_for_bit(cli, model_dir, user_dirs):
+    """272 px is wider than the VAE's 256-pixel tile, so --preset lowvram really decodes in tiles."""
+    base = ("--model", model_dir, "--size", "272x32", "--steps", 1, "--seed", 4)
+    assert cli("gen", "a wide strip", *base, "--preset", "lowvram", "-o", "tiled.png").code == 0
+    result = cli("gen", "--from", "tiled.png", "-o", "again.png")
+    assert result.code == 0, result
+    with open("tiled.png", "rb") as a, open("again.png", "rb") as b:
+        assert a.read() == b.read()
+    recipe = read_recipe("tiled.png")
+    assert (recipe["vae_tiling"], recipe["offload"], recipe["dtype"], recipe["backend"]) == (True, True, "bfloat16", "torch")
+    (user_dirs["config"] / "presets").mkdir(parents=True)
+    (user_dirs["config"] / "presets" / "whole.json").write_text(json.dumps({"vae_tiling": False}))
+    assert cli("gen", "--from", "tiled.png", "--preset", "whole", "-o", "whole.png").code == 0  # a preset overrides it
+    assert read_recipe("whole.png")["vae_tiling"] is False and pixels("whole.png") != pixels("tiled.png")
+
+
+def _rerecord(path: str, **changes) -> None:
+    from internvlu.images import save_png
+
+    recipe = {**read_recipe(path), **changes}
+    with Image.open(path) as image:
+        image.load()
+        save_png(image, path, recipe, overwrite=True)
+
+
+def test_from_refuses_recorded_settings_it_cannot_honour_unless_a_flag_overrides_them(cli, model_dir):
+    assert cli("gen", "a fox", "--model", model_dir, *FAST, "--seed", 1, "-o", "fox.png").code == 0
+    _rerecord("fox.png", backend="onnx")  # as if drawn with an exported head this folder lacks
+    result = cli("gen", "--from", "fox.png", "-o", "onnx.png")
+    assert result.code == 2
+    one_line_error(result, "has no ONNX head", "backend onnx comes from fox.png", "--backend")
+    assert not os.path.exists("onnx.png")
+    assert cli("gen", "--from", "fox.png", "--backend", "torch", "-o", "torch.png").code == 0
+    if not __import__("torch").cuda.is_available():
+        _rerecord("fox.png", backend="torch", device="cuda")
+        result = cli("gen", "--from", "fox.png", "-o", "cuda.png")
+        assert result.code == 2
+        one_line_error(result, "no CUDA GPU", "device cuda comes from fox.png", "--device cpu")
+        assert cli("gen", "--from", "fox.png", "--device", "cpu", "-o", "cpu.png").code == 0
+        assert pixels("cpu.png") == pixels("fox.png")

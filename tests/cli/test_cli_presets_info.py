@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import pytest
 from PIL import Image
 
 from .helpers import FAST, one_line_error
+from internvlu import presets
 from internvlu.images import read_recipe
 
 BUILT_IN = {"fast", "balanced", "quality", "poster", "lowvram"}
@@ -57,8 +60,8 @@ def test_info_prints_the_recipe(cli, model_dir):
     assert cli("gen", "a quiet harbour", "--model", model_dir, *FAST, "--seed", 9, "-o", "h.png").code == 0
     result = cli("info", "h.png")
     assert result.code == 0, result
-    for text in ("prompt: a quiet harbour", "seed: 9", "size: 64x64", "steps: 2", "model: ", "internvlu_version",
-                 "gen --from h.png"):
+    for text in ("prompt: a quiet harbour", "seed: 9", "size: 64x64", "steps: 2", "vae_tiling: False", "model: ",
+                 "internvlu_version", "gen --from h.png"):
         assert text in result.stdout
     (as_json,) = cli("info", "h.png", "--json").json_lines()
     assert as_json["path"] == "h.png" and as_json["seed"] == 9 and as_json["prompt"] == "a quiet harbour"
@@ -76,3 +79,12 @@ def test_info_on_files_without_a_recipe(cli, tmp_path):
     result = cli("info", "text.png")
     assert result.code == 2
     one_line_error(result, "not an image")
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the XDG folders are Linux's")
+def test_the_config_folder_is_the_override_else_the_platforms(monkeypatch, tmp_path, user_dirs):
+    assert presets.config_dir() == user_dirs["config"]  # INTERNVLU_CONFIG_DIR
+    monkeypatch.delenv("INTERNVLU_CONFIG_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert presets.user_presets_dir() == tmp_path / "xdg" / "internvlu" / "presets"

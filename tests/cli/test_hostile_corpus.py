@@ -182,6 +182,13 @@ def _batch_summary(ok: int, failed: int, *fragments: str, outside: tuple[str, ..
     return check
 
 
+def _wrote(*names: str):
+    def check(tmp: Path, result) -> None:
+        for name in names:
+            assert (tmp / "out" / name).is_file(), result
+    return check
+
+
 def gen(prompt: str, *extra) -> Callable[[Path, Path], list]:
     return lambda tmp, model: ["gen", prompt, "--model", model, *FAST, "-o", tmp / "out.png", *extra]
 
@@ -267,6 +274,15 @@ CASES = [
          check=_batch_summary(1, 1, "as job 1 does")),
     Case("batch-runtime-key-per-job", "batch", "'offload' inside a job (a model-wide setting)",
          batch(lambda t: _jobs(t / "j.jsonl", {"prompt": "a", "offload": True})), 1, check=_batch_summary(0, 1, "offload")),
+    Case("batch-load-setting-by-preset", "batch", "a job whose preset (lowvram) loads the model in another dtype",
+         batch(lambda t: _jobs(t / "j.jsonl", {"prompt": "a", "preset": "lowvram"}, {"prompt": "b"})), 1,
+         check=_batch_summary(1, 1, "dtype bfloat16 (from the job's preset 'lowvram') differs")),
+    Case("batch-bom-crlf", "batch", "JSON Lines with a byte order mark and CRLF line ends (as Windows editors save)",
+         batch(lambda t: _file(t / "j.jsonl", "\ufeff" + json.dumps({"prompt": "a", "out": "a.png"}) + "\r\n")), 0,
+         check=_wrote("a.png")),
+    Case("batch-json-looking-prompt", "batch", "a line starting with [ that is not JSON",
+         batch(lambda t: _jobs(t / "j.jsonl", "[draft] a fox", {"prompt": "b"})), 1,
+         check=_batch_summary(1, 1, "not valid JSON", '{"prompt": "..."}')),
     # sizes and counts
     Case("size-zero", "sizes", "--size 0x0", gen("a fox", "--size", "0x0"), 2, ("from 16 to 4096",)),
     Case("size-huge", "sizes", "--size 100000x100000", gen("a fox", "--size", "100000x100000"), 2, ("from 16 to 4096",)),
