@@ -16,3 +16,4 @@ MAX_ASPECT = 16  # W:H or H:W
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+HEAD_BACKENDS = ("auto", "torch", "onnx", "trt")  # where the head's denoise step runs

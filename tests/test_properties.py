@@ -16,7 +16,8 @@ from internvlu.cli import settings as cli_settings
 from internvlu.errors import UsageError
 from internvlu.limits import DTYPE_NAMES, MAX_NEW_TOKENS, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from internvlu.runtime.processor import InternVLUProcessor
-from internvlu.runtime.settings import BACKENDS, GenerationSettings, ImageSettings, Layer, LoadSettings, resolve
+from internvlu.limits import HEAD_BACKENDS
+from internvlu.runtime.settings import GenerationSettings, ImageSettings, Layer, LoadSettings, resolve
 
 CONTROL_STRINGS = ["<img>", "</img>", "<IMG_CONTEXT>", "<img_uncond>", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
                    "<ref>", "</ref>", "<box>", "<quad>", "<IMG_LINE_BREAK>", "system", "assistant", "\n", "<image>"]
@@ -99,7 +100,7 @@ concrete_images = st.one_of(
               cot=st.just(True), max_new_tokens=st.integers(1, MAX_NEW_TOKENS)))
 loads = st.builds(LoadSettings, device=st.sampled_from(["cpu", "cuda", "mps"]),
                   dtype=st.sampled_from([d for d in DTYPE_NAMES if d != "auto"]),
-                  backend=st.sampled_from([b for b in BACKENDS if b != "auto"]),
+                  backend=st.sampled_from([b for b in HEAD_BACKENDS if b != "auto"]),
                   offload=st.booleans(), vae_tiling=st.booleans(), compile=st.booleans())
 
 

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from internvlu.limits import DEVICES, DTYPE_NAMES, MAX_SIDE, MIN_SIDE
-from internvlu.runtime.settings import BACKENDS
+from internvlu.limits import DEVICES, DTYPE_NAMES, HEAD_BACKENDS, MAX_SIDE, MIN_SIDE
 
 MODEL_PANEL = "Model and device"
 OUTPUT_PANEL = "Output"
@@ -19,7 +18,7 @@ SETTINGS_PANEL = "Generation settings"
 # typer offers an Enum's values as a flag's choices; these are built from the one list of each.
 DeviceChoice = Enum("DeviceChoice", {name: name for name in DEVICES}, type=str)
 DtypeChoice = Enum("DtypeChoice", {name: name for name in DTYPE_NAMES}, type=str)
-BackendChoice = Enum("BackendChoice", {name: name for name in BACKENDS}, type=str)
+BackendChoice = Enum("BackendChoice", {name: name for name in HEAD_BACKENDS}, type=str)
 
 
 class BackboneChoice(str, Enum):

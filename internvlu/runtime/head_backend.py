@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from internvlu.errors import UsageError
+from internvlu.limits import HEAD_BACKENDS
 from internvlu.runtime import export_manifest
 
-HEAD_BACKENDS = ("auto", "torch", "onnx", "trt")
 
 
 def _onnx_runs_on_cuda() -> bool:

@@ -22,10 +22,8 @@ from dataclasses import dataclass, field, fields, replace
 
 from internvlu import presets
 from internvlu.errors import UsageError
-from internvlu.limits import DEVICES, MAX_SIDE, MIN_SIDE
+from internvlu.limits import DEVICES, HEAD_BACKENDS, MAX_SIDE, MIN_SIDE
 
-# The pipeline's head backends (runtime.pipeline.HEAD_BACKENDS, which is too heavy to import here).
-BACKENDS = ("auto", "torch", "onnx", "trt")
 SHAPE_KEYS = ("size", "aspect")
 COMMAND_LINE = "the command line"  # the source of the flags' layer
 DEFAULT = "the default"  # the source of a value no layer set
@@ -41,7 +39,7 @@ def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
 
 # Every key a layer may hold: the preset settings, and the device and backend (config.json, flags, recipes).
 SETTING_KEYS: dict[str, Callable[[object], object]] = {**presets.SETTINGS, "device": _choice(DEVICES),
-                                                       "backend": _choice(BACKENDS)}
+                                                       "backend": _choice(HEAD_BACKENDS)}
 
 
 @dataclass(frozen=True)
