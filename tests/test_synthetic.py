@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from internvlu.errors import UsageError
-from internvlu.runtime import synthetic
 from internvlu.runtime.checkpoint import read_safetensors_header
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
 from internvlu.runtime.pipeline import InternVLUPipeline, _check_consistency
-from internvlu.runtime.synthetic import build_checkpoint, count_parameters, main, write_configs
+from internvlu.synthetic import checkpoint as synthetic
+from internvlu.synthetic.checkpoint import build_checkpoint, count_parameters, main, write_configs
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 WEIGHT_FILES = {
