@@ -68,6 +68,17 @@ def test_batch_matches_single_prompts(tiny_pipe):
     torch.testing.assert_close(both.latents[1], single.latents[0], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("prompts, generator, message", [
+    (1, [torch.Generator(), torch.Generator()], "2 generators for 1 images"),
+    (1, 42, "must be a torch.Generator, got int"),
+    (2, [torch.Generator(), None], "must be a torch.Generator, got NoneType"),
+])
+def test_bad_generators_are_refused_in_one_line(tiny_pipe, prompts, generator, message):
+    with pytest.raises(UsageError, match=message) as info:
+        gen(tiny_pipe, prompt=["a red cube"] * prompts, generator=generator)
+    assert "\n" not in str(info.value)
+
+
 def test_multi_image_edit_and_mixed_batch(tiny_pipe, test_image):
     other = Image.new("RGB", (48, 80), (10, 200, 30))
     out = gen(tiny_pipe, prompt=["put <image> next to <image>", "a plain t2i prompt"], image=[[test_image, other], None], height=96, width=96)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import GenerationConfig
 
@@ -404,15 +405,19 @@ def _install_head_backend(head, backend: str, manifest: dict | None, root: Path,
 
 
 def _initial_noise(shape, generator, device: torch.device) -> torch.Tensor:
-    """diffusers' randn_tensor: draw on the generator's device, then move."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise UsageError(f"{len(generator)} generators for {shape[0]} images; give one per image")
-        return torch.cat([_initial_noise((1, *shape[1:]), g, device) for g in generator])
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise UsageError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+    """The reference's draw, diffusers' `randn_tensor` (spec §7.1): on the generator's device, then moved; a
+    list holds one generator per image. Generators it would fail on with a traceback are refused first."""
+    many = isinstance(generator, (list, tuple))
+    generators = list(generator) if many else [] if generator is None else [generator]
+    if many and len(generators) != shape[0]:
+        raise UsageError(f"{len(generators)} generators for {shape[0]} images; give one per image")
+    for g in generators:
+        if not isinstance(g, torch.Generator):
+            raise UsageError(f"generator must be a torch.Generator, got {type(g).__name__}")
+        # randn_tensor draws every image on the first generator's device: a CPU one or one on `device`.
+        if g.device.type not in ("cpu", device.type) or g.device.type != generators[0].device.type:
+            raise UsageError(f"generators must all be on cpu or all on {device.type} to draw noise on {device.type}")
+    return randn_tensor(shape, generator=generators if many else generator, device=device, dtype=torch.float32)
 
 
 def _validate_generation_kwargs(generation: dict) -> None:
