@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from internvlu.errors import UsageError
-from internvlu.runtime.checkpoint import read_safetensors_header
+from internvlu.runtime.checkpoint import WeightSource
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
 from internvlu.runtime.pipeline import InternVLUPipeline, _check_consistency
@@ -190,7 +190,7 @@ def test_full_counts() -> None:
 def test_small_builds_with_a_tied_head_and_answers(tmp_path: Path) -> None:
     folder = tmp_path / "small"
     assert build_checkpoint(folder, "small", seed=0) == count_parameters("small")
-    names = read_safetensors_header(folder / "vlm" / "model.safetensors")
+    names = set(WeightSource(folder / "vlm", "model"))
     assert "language_model.model.embed_tokens.weight" in names and "language_model.lm_head.weight" not in names
     pipe = InternVLUPipeline.from_pretrained(folder)
     lm = pipe.vlm.language_model
