@@ -31,7 +31,7 @@ def cache_dir() -> Path:
 
 
 def small_checkpoint() -> Path:
-    from internvlu.runtime.synthetic import build_checkpoint
+    from internvlu.synthetic import build_checkpoint
 
     folder = cache_dir() / "synthetic-small"
     if not (folder / "model_index.json").is_file():

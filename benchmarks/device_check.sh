@@ -56,7 +56,7 @@ fi
 
 [ "$DEVICE" = cuda ] || exit 0
 # 3. The `full` synthetic checkpoint (real dimensions, random weights) at 1024x1024 in bfloat16.
-timeout 150 bash -c "python3 -m internvlu.runtime.synthetic '$WORK/full' --size full --seed 0 --dtype bfloat16 \
+timeout 150 bash -c "python3 -m internvlu.synthetic '$WORK/full' --size full --seed 0 --dtype bfloat16 \
   && python3 benchmarks/bench_generate.py --model '$WORK/full' --device $DEVICE --resolution 1024 --steps 4" \
   >"$OUT/bench_full.log" 2>&1
 tail -3 "$OUT/bench_full.log"

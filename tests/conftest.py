@@ -73,3 +73,18 @@ def call_kwargs(case: str, image: Image.Image) -> dict:
     if call["generation_mode"] != "text":
         call.update(height=64, width=96)
     return call
+
+
+def assert_answer_stops_where_generation_stops(pipe, out, max_new_tokens: int) -> None:
+    """Each row of `generate_output` runs to `max_new_tokens` or ends at its first stop token (`<|im_end|>` or
+    `<img>`, then padding only), and `texts` decodes exactly those ids."""
+    stops = {pipe.processor.token_ids.eos, pipe.processor.token_ids.img_start}
+    ids = out.generate_output.sequences if hasattr(out.generate_output, "sequences") else out.generate_output
+    assert 1 <= ids.shape[1] <= max_new_tokens
+    for row in ids.tolist():
+        stop = next((i for i, token in enumerate(row) if token in stops), None)
+        if stop is None:
+            assert len(row) == max_new_tokens, row
+        else:
+            assert set(row[stop + 1:]) <= {pipe.processor.token_ids.pad}, row
+    assert out.texts == pipe.tokenizer.batch_decode(ids, skip_special_tokens=True)

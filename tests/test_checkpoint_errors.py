@@ -65,6 +65,13 @@ def test_truncated_safetensors(ckpt):
     assert "truncated or corrupt" in message and "model.safetensors" in message
 
 
+def test_bytes_beyond_the_last_tensor(ckpt):
+    path = ckpt / "vlm" / "model.safetensors"
+    path.write_bytes(path.read_bytes() + b"junk")
+    message = load_error(ckpt)
+    assert "truncated or corrupt" in message and "model.safetensors" in message
+
+
 def test_oversized_header(ckpt):
     path = ckpt / "vae" / "diffusion_pytorch_model.safetensors"
     data = path.read_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from internvlu.cli.doctor import memory_plans
 from internvlu.runtime import memory
 from internvlu.runtime.config import DecoderConfig
 
@@ -37,6 +38,26 @@ def test_quantization_offload_and_size_move_the_estimate_the_right_way():
     assert abs(double["activations"] - 4 * plans["none"]["activations"]) <= 4  # int rounding
 
 
+def test_verdicts_follow_the_budget():
+    """`fits` up to the plan's peak, then `offload` while the offloaded plan still fits, then `too big`; an
+    offloading preset has nothing left to offload; no budget, no verdict."""
+    root = GOLDEN / "tiny_pipeline"
+
+    def verdicts(budget):
+        return {(row["preset"], row["backbone"]): row["verdict"] for row in memory_plans(root, budget, on_gpu=False)}
+
+    rows = {(row["preset"], row["backbone"]): row for row in memory_plans(root, None, on_gpu=False)}
+    balanced, lowvram = rows["balanced", "none"], rows["lowvram", "none"]
+    assert not balanced["offload"] and lowvram["offload"]
+    offloaded = memory.plan(memory.count_parameters(root), _decoder(), 8, balanced["width"], balanced["height"],
+                            4 if balanced["dtype"] == "float32" else 2, "none", offload=True)["peak"]
+    peak = balanced["peak_bytes"]
+    assert offloaded < peak
+    budgets = (None, peak, peak - 1, offloaded, offloaded - 1)
+    assert [verdicts(b)["balanced", "none"] for b in budgets] == ["unknown", "fits", "offload", "offload", "too big"]
+    assert [verdicts(b)["lowvram", "none"] for b in (lowvram["peak_bytes"], lowvram["peak_bytes"] - 1)] == ["fits", "too big"]
+
+
 def test_doctor_reports_the_machine_and_a_plan_per_preset(tmp_path):
     result = run_cli("doctor", "--model", GOLDEN / "tiny_pipeline", "--json", timeout=120)
     assert result.returncode == 0, result.stderr
@@ -44,6 +65,7 @@ def test_doctor_reports_the_machine_and_a_plan_per_preset(tmp_path):
     assert report["machine"]["cpu_cores"] >= 1 and "bitsandbytes" in report["machine"]["libraries"]
     presets = {row["preset"] for row in report["plans"]}
     assert {"balanced", "lowvram"} <= presets
-    assert all(row["verdict"] in ("fits", "offload", "too big", "unknown") for row in report["plans"])
+    budget = report["memory_budget_bytes"]
+    assert all((row["verdict"] == "fits") == (row["peak_bytes"] <= budget) for row in report["plans"])
     text = run_cli("doctor", "--model", GOLDEN / "tiny_pipeline", timeout=120)
     assert text.returncode == 0 and "memory plan" in text.stdout and "lowvram" in text.stdout

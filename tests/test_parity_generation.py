@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import IMAGE_CASES, call_kwargs, golden_json, golden_list, golden_tensors
 from internvlu.runtime import mmdit
@@ -170,3 +171,26 @@ def test_deduplication_leaves_outputs_unchanged(recorded_run, case):
     if case.endswith("t2i"):
         # Text-to-image: the text- and all-dropped rows are one, so the head sees 2 sequences, not 3.
         assert len(fast_rec.samples) == 2 and len(plain_rec.samples) == 3
+
+
+@pytest.mark.parametrize("case", ["image_t2i", "image_edit"])
+def test_a_size_off_the_stride_generates_at_the_floored_size(tiny_pipe, test_image, monkeypatch, case):
+    """P15: the reference floors 90x120 (height x width) to 80x112 before its processor, so the head's target
+    grid is 10x14 latents; the image is then LANCZOS-resized to the requested size."""
+    head = tiny_pipe.generation_decoder.decoder
+
+    def run(height, width):
+        recorder = Recorder(head)
+        monkeypatch.setattr(head, "forward", recorder)
+        out = tiny_pipe(**{**call_kwargs(case, test_image), "height": height, "width": width}, num_inference_steps=2,
+                        generator=torch.Generator().manual_seed(42))
+        monkeypatch.setattr(head, "forward", recorder.forward)
+        return out, recorder
+
+    requested, requested_head = run(90, 120)
+    floored, _ = run(80, 112)
+    assert {s.target_grid for s in requested_head.samples} == {(10, 14)}
+    assert torch.equal(requested.latents, floored.latents)
+    assert requested.images[0].size == (120, 90)
+    resized = floored.images[0].resize((120, 90), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(requested.images[0]), np.asarray(resized))

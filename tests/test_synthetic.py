@@ -7,13 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import assert_answer_stops_where_generation_stops
 from internvlu.errors import UsageError
-from internvlu.runtime import synthetic
-from internvlu.runtime.checkpoint import read_safetensors_header
+from internvlu.runtime.checkpoint import WeightSource
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
 from internvlu.runtime.pipeline import InternVLUPipeline, _check_consistency
-from internvlu.runtime.synthetic import build_checkpoint, count_parameters, main, write_configs
+from internvlu.synthetic import checkpoint as synthetic
+from internvlu.synthetic.checkpoint import build_checkpoint, count_parameters, main, write_configs
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 WEIGHT_FILES = {
@@ -68,14 +69,16 @@ def test_tiny_pipeline_generates_an_image_and_text(tiny_pipe: InternVLUPipeline)
 
     answer = tiny_pipe("what is in the picture?", generation_mode="text", max_new_tokens=4)
     assert answer.generate_output.shape[0] == 1
-    assert 1 <= answer.generate_output.shape[1] <= 4
-    assert isinstance(answer.texts[0], str)
+    assert_answer_stops_where_generation_stops(tiny_pipe, answer, 4)
 
 
 def test_tiny_has_the_golden_configs_and_layout(tiny: tuple[Path, dict[str, int]]) -> None:
     folder, _ = tiny
     for name in CONFIG_FILES:
-        ours, golden = _read_json(folder / name), _read_json(GOLDEN / "tiny_pipeline" / name)
+        # `_diffusers_version` records the writer's diffusers release, not configuration the runtime reads.
+        ours, golden = (_read_json(root / name) for root in (folder, GOLDEN / "tiny_pipeline"))
+        for config in (ours, golden):
+            config.pop("_diffusers_version", None)
         if name == "vlm/config.json":
             # The runtime builds the LM from llm_config alone, so the tie is stated there as well.
             assert ours["llm_config"].pop("tie_word_embeddings") is golden["tie_word_embeddings"] is False
@@ -187,7 +190,7 @@ def test_full_counts() -> None:
 def test_small_builds_with_a_tied_head_and_answers(tmp_path: Path) -> None:
     folder = tmp_path / "small"
     assert build_checkpoint(folder, "small", seed=0) == count_parameters("small")
-    names = read_safetensors_header(folder / "vlm" / "model.safetensors")
+    names = set(WeightSource(folder / "vlm", "model"))
     assert "language_model.model.embed_tokens.weight" in names and "language_model.lm_head.weight" not in names
     pipe = InternVLUPipeline.from_pretrained(folder)
     lm = pipe.vlm.language_model

@@ -5,7 +5,7 @@ import pytest
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, Qwen2TokenizerFast
 
-from internvlu.runtime.synthetic_tokenizer import SPECIAL_TOKENS, write_tokenizer
+from internvlu.synthetic.tokenizer import SPECIAL_TOKENS, write_tokenizer
 
 ROUND_TRIP_TEXTS = (
     "a red circle",

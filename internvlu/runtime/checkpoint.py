@@ -2,9 +2,9 @@
 
 - `resolve_model_dir`: a local folder, or a Hugging Face repo id through `huggingface_hub` (cache first,
   a one-line error when offline).
-- `read_weights`: single-file or sharded (`*.safetensors.index.json`) safetensors; every header is parsed
-  and checked by hand first, so a truncated or hostile file is named in one line instead of a library
-  traceback, and tensors are then memory-mapped by `safe_open`.
+- `WeightSource`: single-file or sharded (`*.safetensors.index.json`) safetensors, memory-mapped by
+  `safe_open`, which checks every header first; a truncated or hostile file is named in one line instead
+  of a library traceback.
 - `build_empty` + `assign_weights`: modules are constructed on the meta device (no random init, no
   allocation) and receive the checkpoint tensors directly; missing, unexpected, mis-shaped and
   non-finite tensors are refused with the file, the key and both shapes.
@@ -13,29 +13,20 @@
 from __future__ import annotations
 
 import hashlib
-
 import json
 import os
-import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from internvlu.errors import CheckpointError, ModelNotFoundError
 
 COMPONENTS = ("vlm", "generation_decoder", "vae", "scheduler", "processor")
 DEFAULT_REPO_ID = "InternVL-U/InternVL-U"
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
@@ -86,52 +77,21 @@ def component_dir(root: Path, name: str) -> Path:
     return folder
 
 
-def read_safetensors_header(path: Path) -> dict[str, dict]:
-    """Parse and validate a safetensors header; returns {name: {dtype, shape, data_offsets}}."""
+def open_safetensors(path: Path):
+    """`safe_open` on one file, which checks its header (size, JSON, dtypes, offsets covering the file exactly)
+    before anything is mapped; its failures become one line naming the file."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise CheckpointError(f"{path} is truncated ({size} bytes): not a safetensors file")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES or header_len > size - 8:
-                raise CheckpointError(
-                    f"{path} declares a {header_len}-byte header but the file has {size} bytes: truncated or corrupt"
-                )
-            raw = f.read(header_len)
+        return safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as exc:
+        detail = str(exc).removeprefix("Error while deserializing header: ")
+        raise CheckpointError(f"{path} is not a valid safetensors file ({detail}): it is truncated or corrupt "
+                              "(re-download it)") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} has a corrupt safetensors header ({exc})") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} has a corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    data_size = size - 8 - header_len
-    for name, info in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: tensor `{name}` has a malformed header entry") from exc
-        numel = 1
-        for d in shape:
-            if d < 0:
-                raise CheckpointError(f"{path}: tensor `{name}` has a negative dimension {shape}")
-            numel *= d
-        if not 0 <= begin <= end <= data_size or end - begin != numel * dtype.itemsize:
-            raise CheckpointError(
-                f"{path}: tensor `{name}` ({info['dtype']} {shape}) lies outside the file's {data_size} data bytes: "
-                "the file is truncated or corrupt (re-download it)"
-            )
-    return header
 
 
-def _weight_files(folder: Path, stem: str) -> dict[str, Path]:
-    """Map every tensor name to its file, for a single file or an index of shards."""
+def _shard_map(folder: Path, stem: str) -> dict[str, Path] | None:
+    """Every tensor name's shard, from a `*.safetensors.index.json`; None when the weights are one file."""
     single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
     if index.is_file():
         try:
@@ -150,29 +110,31 @@ def _weight_files(folder: Path, stem: str) -> dict[str, Path]:
             files[name] = shard_path
         return files
     if single.is_file():
-        return {name: single for name in read_safetensors_header(single)}
+        return None
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt*")):
         raise CheckpointError(f"{folder} holds pickle weights only; internvlu loads safetensors only (convert them first)")
     raise CheckpointError(f"{folder} has no {stem}.safetensors (or sharded index); the checkpoint is incomplete")
 
 
 class WeightSource(Mapping):
-    """Lazy name -> tensor view over one component's safetensors files (memory-mapped)."""
+    """Lazy name -> tensor view over one component's safetensors files (memory-mapped); every file's header
+    is checked when the source is made, before any module is allocated."""
 
     def __init__(self, folder: Path, stem: str):
         self.folder = folder
-        self._files = _weight_files(folder, stem)
-        self._headers = {path: read_safetensors_header(path) for path in set(self._files.values())}
-        for name, path in self._files.items():
-            if name not in self._headers[path]:
+        shards = _shard_map(folder, stem)
+        paths = sorted(set(shards.values())) if shards is not None else [folder / f"{stem}.safetensors"]
+        self._handles = {path: open_safetensors(path) for path in paths}
+        names = {path: set(handle.keys()) for path, handle in self._handles.items()}
+        if shards is None:
+            shards = {name: paths[0] for name in self._handles[paths[0]].keys()}
+        for name, path in shards.items():
+            if name not in names[path]:
                 raise CheckpointError(f"{path} does not contain tensor `{name}` that its index lists")
-        self._handles: dict[Path, object] = {}
+        self._files = shards
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        path = self._files[name]
-        if path not in self._handles:
-            self._handles[path] = safe_open(str(path), framework="pt", device="cpu")
-        return self._handles[path].get_tensor(name)
+        return self._handles[self._files[name]].get_tensor(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._files)
@@ -181,10 +143,11 @@ class WeightSource(Mapping):
         return len(self._files)
 
     def shape(self, name: str) -> list[int]:
-        return self._headers[self._files[name]][name]["shape"]
+        return self._handles[self._files[name]].get_slice(name).get_shape()
 
     def dtype_name(self, name: str) -> str:
-        return self._headers[self._files[name]][name]["dtype"]
+        """The safetensors dtype code (`F32`, `BF16`, `I8`, ...)."""
+        return self._handles[self._files[name]].get_slice(name).get_dtype()
 
     def file_of(self, name: str) -> Path:
         return self._files[name]

@@ -5,8 +5,8 @@
     pipe(prompt="a red fox", generation_mode="image", height=512, width=512).images[0]
 
 Stages of an image call (numbered in `_generate_images`): validate everything before any compute,
-process prompts and images, optional chain of thought, VLM hidden states, conditioning spans,
-VAE-encoded conditions, sampling, decoding.
+process prompts and images, optional chain of thought, conditioning (VLM hidden states, context spans,
+VAE-encoded condition images: `runtime.conditioning`, which the trainer uses too), sampling, decoding.
 
 Exact speed-ups over the reference (same results, checked by tests against `deduplicate=False`):
 identical CFG rows (the text- and all-dropped rows of text-to-image) run through the VLM and the head
@@ -25,10 +25,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import GenerationConfig
 
@@ -38,9 +39,9 @@ from internvlu.runtime import checkpoint, export_manifest, head_backend
 from internvlu.runtime import quantized as quantized_layers
 from internvlu.runtime.backbone import InternVLUChatModel, special_token_strings
 from internvlu.runtime.device import torch_dtype as torch_dtype_of
+from internvlu.runtime.conditioning import Conditioner, full_condition_tiles, splice_thoughts
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
-from internvlu.runtime.mmdit import SampleInputs
 from internvlu.runtime.processor import InternVLUProcessor, ProcessorOutput
 from internvlu.runtime.sampler import StepCallback, build_scheduler, sample
 from internvlu.runtime.vae import VAE, build_vae, to_uint8_images
@@ -57,14 +58,6 @@ class InternVLUPipelineOutput:
     images: list[Image.Image] | None = None
     latents: torch.Tensor | None = None  # final latents [S * n, 16, h, w]
     texts: list[str] | None = None  # decoded generate_output (answers or chains of thought)
-
-
-@dataclass
-class _Conditioning:
-    """Per CFG row: what the head is conditioned on."""
-
-    samples: list[SampleInputs]
-    row_of_unique: list[int] = field(default_factory=list)  # unique sample index for each row
 
 
 class InternVLUPipeline:
@@ -250,19 +243,17 @@ class InternVLUPipeline:
         ids = out.sequences if hasattr(out, "sequences") else out
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
-    # ---- text ----------------------------------------------------------------------------------------
+    @property
+    def conditioner(self) -> Conditioner:
+        """Processor rows -> the head's inputs, with this pipeline's models on its compute device."""
+        return Conditioner(self.vlm, self.generation_decoder, self.vae, self.processor.token_ids, self.device,
+                           self.deduplicate)
 
-    def _vit_features(self, inputs: ProcessorOutput, tile_index: torch.Tensor | None = None) -> torch.Tensor | None:
-        """ViT features for the given `<img>` blocks (default: all), each distinct image encoded once."""
-        tile_index = inputs.tile_index if tile_index is None else tile_index
-        if tile_index is None or tile_index.numel() == 0:
-            return None
-        features = self.vlm.extract_feature(inputs.tiles.to(self.device, self.dtype))
-        return features[tile_index.to(self.device)]
+    # ---- text ----------------------------------------------------------------------------------------
 
     def _generate_text(self, inputs: ProcessorOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        generation: dict, tile_index: torch.Tensor | None = None):
-        vit = self._vit_features(inputs, tile_index)
+        vit = self.conditioner.vit_features(inputs, tile_index)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         embeds = self.vlm.embed_prompt(input_ids, vit)
         lm = self.vlm.language_model
@@ -277,7 +268,9 @@ class InternVLUPipeline:
     # ---- images --------------------------------------------------------------------------------------
 
     def _validate_image_call(self, prompt, image, height, width, steps, all_cfg_scale, part_cfg_scale,
-                             images_per_prompt, output_type) -> None:
+                             images_per_prompt, output_type) -> tuple[int, int]:
+        """Refuse bad arguments before any compute; returns the size to generate: the requested one floored
+        to the stride (P15)."""
         stride = self.processor.generation_stride
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or not stride <= value <= MAX_SIDE:
@@ -291,68 +284,55 @@ class InternVLUPipeline:
             raise UsageError(f"num_images_per_prompt {images_per_prompt!r} must be an integer from 1 to {MAX_IMAGES_PER_PROMPT}")
         if output_type not in ("pil", "latent"):
             raise UsageError(f"output_type {output_type!r} must be 'pil' or 'latent'")
+        gen_height, gen_width = height // stride * stride, width // stride * stride
         # The head's RoPE gives each condition image a frame; the reference bounds their number by the target grid.
         p = self.generation_decoder.config.mmdit.patch_size
         latent = self.processor.config.generation.vae_downsample_factor
-        grid = min(height // stride * stride // latent // p, width // stride * stride // latent // p)
+        grid = min(gen_height // latent // p, gen_width // latent // p)
         limit = int(grid // 2 / self.generation_decoder.config.mmdit.video_position_scale_factor)
         entries = image if isinstance(image, (list, tuple)) else [image]
         most = max((len(e) if isinstance(e, (list, tuple)) else int(e is not None)) for e in entries) if entries else 0
         if most and most >= limit:
             raise UsageError(f"{most} input images are too many for a {width}x{height} output; use fewer images or a larger size")
+        return gen_height, gen_width
 
     def _generate_images(self, prompt, image, mode, system_prompt, *, height, width, steps, all_cfg_scale,
                          part_cfg_scale, images_per_prompt, generator, generation, callback, output_type):
         # 1. Check everything before any compute.
-        self._validate_image_call(prompt, image, height, width, steps, all_cfg_scale, part_cfg_scale,
-                                  images_per_prompt, output_type)
-        stride = self.processor.generation_stride
-        gen_height, gen_width = height // stride * stride, width // stride * stride
+        gen_height, gen_width = self._validate_image_call(prompt, image, height, width, steps, all_cfg_scale,
+                                                          part_cfg_scale, images_per_prompt, output_type)
+        conditioner = self.conditioner
 
-        # 2. Prompts and images -> three CFG rows per prompt.
+        # 2. Prompts and images -> three CFG rows per prompt, at the generated size.
         inputs = self.processor(prompt, image, mode, height=gen_height, width=gen_width, system_prompt=system_prompt)
-        S = inputs.num_samples
         input_ids, attention_mask = inputs.input_ids, inputs.attention_mask
-        self._check_context_fits(input_ids, attention_mask, extra_tokens=0)
+        conditioner.check_context_fits(input_ids)
 
         # 3. Chain of thought, spliced into the full-condition rows.
         generate_output = None
         if mode == "text_image":
-            input_ids, attention_mask, generate_output = self._chain_of_thought(inputs, generation)
+            input_ids, attention_mask, generate_output = self._chain_of_thought(inputs, generation, conditioner)
 
-        # 4. VLM hidden states -> per-row conditioning for the head.
-        conditioning = self._conditioning(inputs, input_ids, attention_mask)
+        # 4. VLM hidden states -> the head's inputs, once per distinct row.
+        conditioning = conditioner(inputs, input_ids, attention_mask)
 
-        # 5. Sampling: one noise tensor per image, shared by its three CFG rows.
+        # 5. Sampling: one noise tensor per image, shared by its three CFG rows, on the processor's target grid
+        # (as the reference sizes it, spec §7.1).
         n = images_per_prompt
-        latent_h, latent_w = gen_height // self.vae.scale_factor, gen_width // self.vae.scale_factor
-        noise = _initial_noise((S * n, self.vae.config.z_dim, latent_h, latent_w), generator, self.device)
-        scheduler = build_scheduler(self.scheduler_config)
-        timestep_scale = self.generation_decoder.config.mmdit.timestep_scale
-        unique = [conditioning.samples[u] for u in sorted(set(conditioning.row_of_unique))]
-        position_of = {u: i for i, u in enumerate(sorted(set(conditioning.row_of_unique)))}
-        # Row r of the 3S rows conditions images r % S * n .. + n - 1 of its branch.
-        batch_samples = [s for s in unique for _ in range(n)]
+        noise = _initial_noise((inputs.num_samples * n, self.vae.config.z_dim, *conditioning.target_grid), generator, self.device)
         head = self.generation_decoder.decoder
-        prepared = head.prepare(batch_samples, self.device)
-        first_row_of = {}
-        for row, u in enumerate(conditioning.row_of_unique):
-            first_row_of.setdefault(u, row)
-        sample_of_unique = [first_row_of[u] % S for u in sorted(set(conditioning.row_of_unique))]
+        batch = conditioning.head_samples(n)
+        prepared = head.prepare(batch, self.device)
+        timestep_scale = self.generation_decoder.config.mmdit.timestep_scale
 
         def velocity(latents: torch.Tensor, t: torch.Tensor):
-            per_sample = latents.reshape(S, n, *latents.shape[1:])
-            x = torch.cat([per_sample[s] for s in sample_of_unique])
-            timestep = t.expand(x.shape[0]) * timestep_scale
-            v = head(x, timestep.to(self.device), batch_samples, prepared).float()
-            v = v.reshape(len(unique), n, *v.shape[1:])
-            rows = torch.stack([v[position_of[u]] for u in conditioning.row_of_unique])  # [3S, n, ...]
-            rows = rows.reshape(3, S * n, *v.shape[2:])
-            return rows[0], rows[1], rows[2]
+            x = conditioning.head_latents(latents, n)
+            timestep = (t.expand(x.shape[0]) * timestep_scale).to(self.device)
+            return conditioning.branch_velocities(head(x, timestep, batch, prepared).float(), n)
 
-        latents = sample(velocity, noise, scheduler, steps, all_cfg_scale, part_cfg_scale, callback)
+        latents = sample(velocity, noise, build_scheduler(self.scheduler_config), steps, all_cfg_scale, part_cfg_scale, callback)
 
-        # 6. Decode and post-process like the reference, then resize to the requested size.
+        # 6. Decode and post-process like the reference, then LANCZOS-resize to the requested size (P15).
         images = None
         if output_type == "pil":
             decoded = self.vae.decode(latents.to(self.generation_decoder.dtype))
@@ -361,141 +341,37 @@ class InternVLUPipeline:
         texts = self._decode(generate_output) if generate_output is not None else None
         return InternVLUPipelineOutput(generate_output=generate_output, images=images, latents=latents, texts=texts)
 
-    def _context_span(self, ids_row: torch.Tensor, mask_row: torch.Tensor) -> slice:
-        """From the user turn's `<|im_start|>` through the final `<img>` (spec §5.3)."""
-        starts = (ids_row == self.processor.token_ids.im_start).nonzero().flatten().tolist()
-        if len(starts) < 2:
-            raise UsageError("the prompt has no user turn")
-        return slice(starts[1], ids_row.shape[0])
-
-    def _check_context_fits(self, input_ids, attention_mask, extra_tokens: int) -> int:
-        """Refuse prompts the head would truncate (P6); returns the room left for chain-of-thought tokens."""
-        limit = self.generation_decoder.max_context_length
-        if limit is None:
-            return 1 << 30
-        longest = max(self._context_span(r, m).stop - self._context_span(r, m).start for r, m in zip(input_ids, attention_mask))
-        longest += extra_tokens
-        if longest > limit:
-            raise UsageError(f"prompt is too long for image generation: {longest} conditioning tokens, the model takes "
-                             f"at most {limit}; shorten the prompt")
-        return limit - longest
-
-    def _chain_of_thought(self, inputs: ProcessorOutput, generation: dict):
+    def _chain_of_thought(self, inputs: ProcessorOutput, generation: dict, conditioner: Conditioner):
+        """Thoughts generated on the full-condition rows, spliced into the head's rows (spec §5.2)."""
         S = inputs.num_samples
         ids, mask = inputs.input_ids, inputs.attention_mask
-        # Room for the thoughts: the full row's span grows by (kept tokens + the final <img>).
-        room = self._check_context_fits(ids[:S], mask[:S], extra_tokens=1)
+        # Room for the thoughts: the full rows' spans grow by the kept tokens and the final <img>.
+        room = conditioner.check_context_fits(ids[:S], extra_tokens=1)
         wanted = generation.get("max_new_tokens", COT_MODE_DEFAULTS["max_new_tokens"])
-        if wanted > room + 1:
+        if room is not None and wanted > room + 1:
             log.warning("chain of thought capped at %d tokens so the conditioning fits the model's %d-token limit",
                         room + 1, self.generation_decoder.max_context_length)
-            generation = {**generation, "max_new_tokens": max(1, room + 1)}
-        full_tiles = inputs.tile_index[: inputs.tile_index.numel() // 2] if inputs.tile_index is not None else torch.zeros(0, dtype=torch.long)
-        result = self._generate_text(inputs, ids[:S], mask[:S], generation, tile_index=full_tiles)
+            generation = {**generation, "max_new_tokens": room + 1}
+        result = self._generate_text(inputs, ids[:S], mask[:S], generation, tile_index=full_condition_tiles(inputs))
         out = result.sequences if hasattr(result, "sequences") else result
         new_ids, new_mask = splice_thoughts(ids, mask, out.cpu(), self.processor.token_ids)
         return new_ids, new_mask, result
 
-    def _conditioning(self, inputs: ProcessorOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> _Conditioning:
-        token_ids = self.processor.token_ids
-        rows = input_ids.shape[0]
-        # Identical rows of one sample (same ids and mask, hence same images, same noise) give identical
-        # velocities: run them once.
-        samples_per_branch = rows // 3
-        keys = [(r % samples_per_branch, tuple(input_ids[r].tolist()), tuple(attention_mask[r].tolist())) for r in range(rows)]
-        if not self.deduplicate:
-            keys = list(range(rows))
-        position_of_key: dict = {}
-        unique_rows: list[int] = []
-        unique_of_row = []
-        for r, key in enumerate(keys):
-            if key not in position_of_key:
-                position_of_key[key] = len(unique_rows)
-                unique_rows.append(r)
-            unique_of_row.append(position_of_key[key])
-
-        # Image blocks per row, in order; each maps to a tile and a condition image.
-        blocks_per_row = (input_ids == token_ids.img_start).sum(1) - 1
-        block_offsets = torch.cat([torch.zeros(1, dtype=torch.long), blocks_per_row.cumsum(0)])
-        tile_index = inputs.tile_index if inputs.tile_index is not None else torch.zeros(0, dtype=torch.long)
-        chosen_blocks = torch.cat([torch.arange(block_offsets[r], block_offsets[r + 1]) for r in unique_rows]).long()
-        vit = self._vit_features(inputs, tile_index[chosen_blocks])
-
-        ids_u, mask_u = input_ids[unique_rows].to(self.device), attention_mask[unique_rows].to(self.device)
-        embeds = self.vlm.embed_prompt(ids_u, vit)
-        layers = self.generation_decoder.config.vlm_select_layer
-        states = self.vlm.hidden_states(embeds, mask_u, layers)
-        total = self.vlm.config.llm_num_layers + 1
-        features = torch.cat([states[i % total] for i in layers], dim=-1)
-
-        condition_latents = None
-        if inputs.conditions is not None:
-            condition_latents = self.vae.encode(inputs.conditions.to(self.device))  # once per distinct image
-        grids = inputs.image_grid_thw_gen
-        flags = inputs.generation_flags
-        # Condition grids of every real <img> block, in order.
-        condition_grids = grids[flags == 0]
-        tile_side = self.vlm.config.image_size // self.vlm.config.vision.patch_size
-        vlm_grid = (1, int(tile_side * self.vlm.config.downsample_ratio), int(tile_side * self.vlm.config.downsample_ratio))
-        target = tuple(grids[flags == 1][0, 1:].tolist())
-
-        samples = []
-        for position, r in enumerate(unique_rows):
-            span = self._context_span(input_ids[r], attention_mask[r])
-            valid = attention_mask[r, span].bool().to(self.device)
-            context = self.generation_decoder.project_context(features[position, span][valid])
-            is_image = (input_ids[r, span].to(self.device) == token_ids.img_context)[valid]
-            is_image = is_image[: context.shape[0]]
-            block_ids = range(int(block_offsets[r]), int(block_offsets[r + 1]))
-            conditions = [
-                condition_latents[inputs.condition_index[b]][:, : int(condition_grids[b, 1]), : int(condition_grids[b, 2])]
-                for b in block_ids
-            ]
-            samples.append(SampleInputs(context=context, context_is_image=is_image, target_grid=target,
-                                        conditions=conditions, vlm_images=[vlm_grid] * len(block_ids)))
-        return _Conditioning(samples=samples, row_of_unique=unique_of_row)
-
-
-def splice_thoughts(ids: torch.Tensor, mask: torch.Tensor, thoughts: torch.Tensor, token_ids) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of the head's prompt after a chain of thought (spec §5.2).
-
-    `ids`/`mask`: the 3S processor rows; `thoughts`: [S, T] generated ids of the full-condition rows.
-    The thoughts are appended to the first S rows up to their first `<|im_end|>` or `<img>`, every row is
-    left-padded with `<|im_end|>` and ends in `<img>`."""
-    S = thoughts.shape[0]
-    L, T = ids.shape[1], thoughts.shape[1]
-    kept = []
-    for r in range(S):
-        stops = [int((thoughts[r] == tok).nonzero()[0, 0]) if (thoughts[r] == tok).any() else T - 1
-                 for tok in (token_ids.im_end, token_ids.img_start)]
-        # The reference keeps generated tokens before index p - 1, dropping one more than the stop (P5).
-        kept.append(torch.cat([ids[r], thoughts[r]])[: L + min(stops) - 1])
-    width = max(L, max(len(k) for k in kept))
-    rows = ids.shape[0]
-    new_ids = torch.full((rows, width + 1), token_ids.im_end, dtype=torch.long)
-    new_mask = torch.zeros((rows, width + 1), dtype=torch.long)
-    for r in range(rows):
-        if r < S:
-            row, row_mask = kept[r], torch.ones(len(kept[r]), dtype=torch.long)  # left pads attended (P5)
-        else:
-            row, row_mask = ids[r], mask[r]
-        new_ids[r, width - len(row): width] = row
-        new_mask[r, width - len(row): width] = row_mask
-    new_ids[:, width] = token_ids.img_start
-    new_mask[:, width] = 1
-    return new_ids, new_mask
-
 
 def _initial_noise(shape, generator, device: torch.device) -> torch.Tensor:
-    """diffusers' randn_tensor: draw on the generator's device, then move."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise UsageError(f"{len(generator)} generators for {shape[0]} images; give one per image")
-        return torch.cat([_initial_noise((1, *shape[1:]), g, device) for g in generator])
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise UsageError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    draw_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+    """The reference's draw, diffusers' `randn_tensor` (spec §7.1): on the generator's device, then moved; a
+    list holds one generator per image. Generators it would fail on with a traceback are refused first."""
+    many = isinstance(generator, (list, tuple))
+    generators = list(generator) if many else [] if generator is None else [generator]
+    if many and len(generators) != shape[0]:
+        raise UsageError(f"{len(generators)} generators for {shape[0]} images; give one per image")
+    for g in generators:
+        if not isinstance(g, torch.Generator):
+            raise UsageError(f"generator must be a torch.Generator, got {type(g).__name__}")
+        # randn_tensor draws every image on the first generator's device: a CPU one or one on `device`.
+        if g.device.type not in ("cpu", device.type) or g.device.type != generators[0].device.type:
+            raise UsageError(f"generators must all be on cpu or all on {device.type} to draw noise on {device.type}")
+    return randn_tensor(shape, generator=generators if many else generator, device=device, dtype=torch.float32)
 
 
 def _validate_generation_kwargs(generation: dict) -> None:

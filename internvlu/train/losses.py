@@ -4,8 +4,8 @@
 - `answer_loss`: next-token loss on answers: questions about an image (understanding) and chains of
   thought after generation and edit prompts (the text `--cot` makes the model write). The prompt rows are
   the processor's own, so training sees exactly the tokens inference does.
-- `flow_loss`: flow-matching velocity loss of the head. Conditioning comes from
-  `InternVLUPipeline._conditioning` (VLM hidden states, projector, VAE-encoded condition images), so the
+- `flow_loss`: flow-matching velocity loss of the head. Conditioning comes from the pipeline's
+  `Conditioner` (`runtime.conditioning`: VLM hidden states, projector, VAE-encoded condition images), so the
   head is trained on the inputs it gets at inference; condition dropout picks the text-dropped or
   all-dropped CFG row the processor renders. Chain-of-thought samples are spliced exactly as inference
   splices generated thoughts (`splice_thoughts`).
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from internvlu.runtime.pipeline import InternVLUPipeline, splice_thoughts
+from internvlu.runtime.conditioning import full_condition_tiles, splice_thoughts
+from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.runtime.processor import condition_image
 from internvlu.train import world
 
@@ -120,7 +121,7 @@ def answer_loss(pipe: InternVLUPipeline, drawn: tuple[list, list]) -> dict[str, 
     qa, cot = drawn
     inputs = pipe.processor([q for q, _, _ in qa], [[im] for _, im, _ in qa], "text")
     losses["qa"] = _lm_loss(pipe, inputs.input_ids, inputs.attention_mask, [_answer_ids(pipe, a) for _, _, a in qa],
-                            pipe._vit_features(inputs))
+                            pipe.conditioner.vit_features(inputs))
     edits = [c for c in cot if c.source is not None]
     plain = [c for c in cot if c.source is None]
     for name, items in (("cot", plain), ("cot_edit", edits)):
@@ -129,9 +130,8 @@ def answer_loss(pipe: InternVLUPipeline, drawn: tuple[list, list]) -> dict[str, 
         images = [[c.source] for c in items] if name == "cot_edit" else None
         inputs = pipe.processor([c.prompt for c in items], images, "text_image", height=world.IMAGE_SIZE, width=world.IMAGE_SIZE)
         S = len(items)
-        tile_index = inputs.tile_index[: inputs.tile_index.numel() // 2] if inputs.tile_index is not None else None
-        losses[name] = _lm_loss(pipe, inputs.input_ids[:S], inputs.attention_mask[:S],
-                                [_answer_ids(pipe, c.thought) for c in items], pipe._vit_features(inputs, tile_index))
+        losses[name] = _lm_loss(pipe, inputs.input_ids[:S], inputs.attention_mask[:S], [_answer_ids(pipe, c.thought) for c in items],
+                                pipe.conditioner.vit_features(inputs, full_condition_tiles(inputs)))
     return losses
 
 
@@ -217,8 +217,8 @@ def flow_loss(pipe: InternVLUPipeline, drawn: tuple[list[FlowItem], list[int]], 
         for r, t in enumerate(thoughts):
             padded[r, : len(t)] = torch.tensor(t)
         ids, mask = splice_thoughts(ids, mask, padded, pipe.processor.token_ids)
-    conditioning = pipe._conditioning(inputs, ids, mask)
-    samples = [conditioning.samples[conditioning.row_of_unique[b * S + s]] for s, b in enumerate(branches)]
+    conditioning = pipe.conditioner(inputs, ids, mask)
+    samples = [conditioning.for_row(b * S + s) for s, b in enumerate(branches)]
 
     with torch.no_grad():
         x0 = pipe.vae.encode(target_pixels([it.target for it in items], pipe)).float()

@@ -24,7 +24,7 @@ from torch import nn
 from internvlu.runtime.backbone import InternVLUChatModel
 from internvlu.runtime.config import DecoderConfig, VAEConfig, VLMConfig
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
-from internvlu.runtime.synthetic import SizeSpec, write_configs
+from internvlu.synthetic import SizeSpec, write_configs
 from internvlu.runtime.vae import build_vae
 from internvlu.train import world
 

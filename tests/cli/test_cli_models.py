@@ -13,8 +13,8 @@ from .helpers import FAST, one_line_error, pixels
 from internvlu.images import read_recipe
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-needs_synthetic = pytest.mark.skipif(importlib.util.find_spec("internvlu.runtime.synthetic") is None,
-                                     reason="internvlu.runtime.synthetic is not available")
+needs_synthetic = pytest.mark.skipif(importlib.util.find_spec("internvlu.synthetic") is None,
+                                     reason="internvlu.synthetic is not available")
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_tiny_is_built_once_on_first_use(cli, user_dirs):
 @needs_synthetic
 def test_concurrent_first_uses_build_tiny_once(user_dirs, monkeypatch):
     from internvlu.cli import registry
-    from internvlu.runtime import synthetic
+    from internvlu import synthetic
 
     builds = []
     real_build = synthetic.build_checkpoint

@@ -18,7 +18,7 @@ NANO = Path(__file__).resolve().parents[2] / "internvlu" / "models" / "nano"
 def test_export_with_an_onnx_head_loads_and_generates(tmp_path, model, backbone):
     from internvlu.export.exporter import export_model
     from internvlu.runtime.pipeline import InternVLUPipeline
-    from internvlu.runtime.synthetic import build_checkpoint
+    from internvlu.synthetic import build_checkpoint
 
     source = NANO
     if model == "small":

@@ -1,7 +1,7 @@
 """Synthetic InternVL-U checkpoints: random weights in the official on-disk layout.
 
-    python -m internvlu.runtime.synthetic OUT_DIR --size tiny|small|full --seed N [--dtype float32|bfloat16]
-    python -m internvlu.runtime.synthetic --size full --counts-only
+    python -m internvlu.synthetic OUT_DIR --size tiny|small|full --seed N [--dtype float32|bfloat16]
+    python -m internvlu.synthetic --size full --counts-only
 
 The folder (`model_index.json`, `vlm/`, `generation_decoder/`, `vae/`, `scheduler/`, `processor/`) is laid
 out like the golden `tiny_pipeline/` and loads with `InternVLUPipeline.from_pretrained`. Notable points:
@@ -56,8 +56,8 @@ from internvlu.runtime import checkpoint
 from internvlu.runtime.backbone import InternVLUChatModel
 from internvlu.runtime.config import DecoderConfig, VAEConfig, VLMConfig
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
-from internvlu.runtime.synthetic_tokenizer import EOS_TOKEN, PAD_TOKEN, write_tokenizer
 from internvlu.runtime.vae import build_vae
+from internvlu.synthetic.tokenizer import EOS_TOKEN, PAD_TOKEN, write_tokenizer
 
 SIZES = ("tiny", "small", "full")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -594,7 +594,7 @@ def _count_table(counts: dict[str, int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m internvlu.runtime.synthetic",
+        prog="python -m internvlu.synthetic",
         description="Write a randomly initialised InternVL-U checkpoint in the official layout.",
     )
     parser.add_argument("out_dir", type=Path, nargs="?", help="folder to create (must not exist, or be empty)")
@@ -619,6 +619,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out_dir} ({args.size}, {args.dtype}, seed {args.seed}) in {time.perf_counter() - start:.1f} s")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from internvlu.synthetic.checkpoint import main
+
+raise SystemExit(main())
