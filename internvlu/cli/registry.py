@@ -3,7 +3,7 @@
 - `nano` (the default): internvlu-nano, a small model of the real architecture trained on a procedural
   world of shapes, colours and words (`python -m internvlu.train`); it ships inside the package.
 - `tiny`: a small random checkpoint of the real architecture (draws noise; for tests and plumbing), built
-  by `internvlu.runtime.synthetic` on first use into `$INTERNVLU_HOME/models/tiny` (default
+  by `internvlu.synthetic` on first use into `$INTERNVLU_HOME/models/tiny` (default
   `~/.cache/internvlu`), under a file lock (filelock) and with an atomic rename, so concurrent first runs agree.
 - an existing folder: used as is.
 - `owner/name`: a Hugging Face repo in huggingface_hub's standard cache (`internvlu models pull`).
@@ -43,7 +43,7 @@ def embedded_available(name: str) -> bool:
         return (embedded_dir(name) / "model_index.json").is_file()
     import importlib.util
 
-    return importlib.util.find_spec("internvlu.runtime.synthetic") is not None
+    return importlib.util.find_spec("internvlu.synthetic") is not None
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,9 @@ def ensure_embedded(name: str, notify: Callable[[str], None] = lambda _: None) -
         raise CheckpointError(f"the {name!r} model is missing from this install ({final}); reinstall internvlu, "
                               "or pass --model tiny, a checkpoint folder or a Hugging Face repo id")
     try:
-        from internvlu.runtime.synthetic import build_checkpoint
+        from internvlu.synthetic import build_checkpoint
     except ImportError:
-        raise CheckpointError(f"the embedded {name!r} model needs internvlu.runtime.synthetic, which this install lacks; "
+        raise CheckpointError(f"the embedded {name!r} model needs internvlu.synthetic, which this install lacks; "
                               "pass --model with a checkpoint folder or a Hugging Face repo id") from None
     root = final.parent
     try:
