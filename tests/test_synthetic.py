@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_answer_stops_where_generation_stops
+from conftest import GOLDEN, assert_answer_stops_where_generation_stops
 from internvlu.errors import UsageError
 from internvlu.runtime.checkpoint import WeightSource
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig
@@ -16,7 +16,6 @@ from internvlu.runtime.pipeline import InternVLUPipeline, _check_consistency
 from internvlu.synthetic import checkpoint as synthetic
 from internvlu.synthetic.checkpoint import build_checkpoint, count_parameters, main, write_configs
 
-GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 WEIGHT_FILES = {
     "vlm": "model.safetensors",
     "generation_decoder": "model.safetensors",
@@ -42,7 +41,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe(tiny: tuple[Path, dict[str, int]]) -> InternVLUPipeline:
+def synthetic_tiny_pipe(tiny: tuple[Path, dict[str, int]]) -> InternVLUPipeline:
     return InternVLUPipeline.from_pretrained(tiny[0])
 
 
@@ -58,8 +57,8 @@ def _numel(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_tiny_pipeline_generates_an_image_and_text(tiny_pipe: InternVLUPipeline) -> None:
-    out = tiny_pipe("a red circle", generation_mode="image", height=64, width=64, num_inference_steps=2,
+def test_tiny_pipeline_generates_an_image_and_text(synthetic_tiny_pipe: InternVLUPipeline) -> None:
+    out = synthetic_tiny_pipe("a red circle", generation_mode="image", height=64, width=64, num_inference_steps=2,
                     generator=torch.Generator().manual_seed(0))
     assert out.images[0].size == (64, 64)
     assert out.latents.shape == (1, 16, 8, 8)
@@ -67,9 +66,9 @@ def test_tiny_pipeline_generates_an_image_and_text(tiny_pipe: InternVLUPipeline)
     assert out.latents.std() > 0.1
     assert np.asarray(out.images[0]).std() > 1, "a constant image means degenerate weights"
 
-    answer = tiny_pipe("what is in the picture?", generation_mode="text", max_new_tokens=4)
+    answer = synthetic_tiny_pipe("what is in the picture?", generation_mode="text", max_new_tokens=4)
     assert answer.generate_output.shape[0] == 1
-    assert_answer_stops_where_generation_stops(tiny_pipe, answer, 4)
+    assert_answer_stops_where_generation_stops(synthetic_tiny_pipe, answer, 4)
 
 
 def test_tiny_has_the_golden_configs_and_layout(tiny: tuple[Path, dict[str, int]]) -> None:
@@ -87,16 +86,16 @@ def test_tiny_has_the_golden_configs_and_layout(tiny: tuple[Path, dict[str, int]
     assert {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()} == golden_files
 
 
-def test_counts_match_the_loaded_modules(tiny: tuple[Path, dict[str, int]], tiny_pipe: InternVLUPipeline) -> None:
+def test_counts_match_the_loaded_modules(tiny: tuple[Path, dict[str, int]], synthetic_tiny_pipe: InternVLUPipeline) -> None:
     _, counts = tiny
-    vlm = tiny_pipe.vlm
+    vlm = synthetic_tiny_pipe.vlm
     assert counts == {
         "vision": _numel(vlm.vision_model),
         "language_model": _numel(vlm.language_model),
         "projector": _numel(vlm.mlp1) + _numel(vlm.special_token_embedding),
-        "generation_decoder": _numel(tiny_pipe.generation_decoder),
-        "vae": _numel(tiny_pipe.vae.model),
-        "total": _numel(vlm) + _numel(tiny_pipe.generation_decoder) + _numel(tiny_pipe.vae.model),
+        "generation_decoder": _numel(synthetic_tiny_pipe.generation_decoder),
+        "vae": _numel(synthetic_tiny_pipe.vae.model),
+        "total": _numel(vlm) + _numel(synthetic_tiny_pipe.generation_decoder) + _numel(synthetic_tiny_pipe.vae.model),
     }
     assert count_parameters("tiny") == counts
 
@@ -187,6 +186,7 @@ def test_full_counts() -> None:
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
 
 
+@pytest.mark.slow
 def test_small_builds_with_a_tied_head_and_answers(tmp_path: Path) -> None:
     folder = tmp_path / "small"
     assert build_checkpoint(folder, "small", seed=0) == count_parameters("small")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from conftest import GOLDEN
+
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "tests" / "fixtures" / "golden"
 FAST = ["--size", "64x64", "--steps", "2"]  # every generation in these tests is this small
 
 

@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from .helpers import FAST, one_line_error, pixels, start_cli
 from internvlu.cli.batch import parse_jobs
 from internvlu.images import read_recipe
@@ -83,6 +85,7 @@ def test_batch_usage_errors(cli, model_dir, tmp_path):
     one_line_error(result, "missing-model")
 
 
+@pytest.mark.slow
 def test_resume_after_the_batch_is_killed_midway(tmp_path, model_dir):
     """SIGKILL after the first output appears, then --resume: same files as an uninterrupted run, bit for bit."""
     jobs = write_jobs(tmp_path / "jobs.jsonl", *({"prompt": f"job {i}", "seed": i} for i in range(4)))

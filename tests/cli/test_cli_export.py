@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from .helpers import FAST, one_line_error, pixels, run_cli
+from .helpers import FAST, GOLDEN, one_line_error, pixels, run_cli
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("bitsandbytes")
@@ -16,7 +16,6 @@ pytest.importorskip("bitsandbytes")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The golden tiny checkpoint exported with an int8 backbone and an ONNX head (built once)."""
-    from tests.cli.helpers import GOLDEN
 
     out = tmp_path_factory.mktemp("exports") / "tiny-int8-onnx"
     result = run_cli("export", GOLDEN / "tiny_pipeline", "--backbone", "int8", "--head", "onnx", "--out", out, timeout=300)
@@ -36,6 +35,7 @@ def test_the_manifest_records_what_was_built(exported):
     assert not list(out.parent.glob(".*partial"))
 
 
+@pytest.mark.slow
 def test_an_export_loads_and_draws_through_the_cli(exported, tmp_path):
     out, _ = exported
     result = run_cli("gen", "a red circle", "--model", out, *FAST, "--seed", "3", "-o", tmp_path / "a.png", "--json", timeout=120)
@@ -80,7 +80,6 @@ def test_a_manifest_that_does_not_fit_is_refused(exported, tmp_path, change, fra
 
 
 def test_export_refuses_a_non_empty_folder_and_keeps_it(tmp_path):
-    from tests.cli.helpers import GOLDEN
 
     target = tmp_path / "taken"
     target.mkdir()
@@ -91,8 +90,8 @@ def test_export_refuses_a_non_empty_folder_and_keeps_it(tmp_path):
     assert (target / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_an_int4_export_draws_and_an_export_of_an_export_is_refused(exported, tmp_path):
-    from tests.cli.helpers import GOLDEN
 
     out = tmp_path / "int4"
     result = run_cli("export", GOLDEN / "tiny_pipeline", "--backbone", "int4", "--out", out, timeout=300)
@@ -104,7 +103,6 @@ def test_an_int4_export_draws_and_an_export_of_an_export_is_refused(exported, tm
 
 
 def test_tensorrt_without_a_gpu_says_where_to_build(tmp_path):
-    from tests.cli.helpers import GOLDEN
 
     result = run_cli("export", GOLDEN / "tiny_pipeline", "--head", "trt", "--out", tmp_path / "trt", timeout=120)
     try:
@@ -120,7 +118,6 @@ def test_tensorrt_without_a_gpu_says_where_to_build(tmp_path):
 
 
 def test_backend_onnx_on_a_plain_checkpoint_says_how_to_export(tmp_path):
-    from tests.cli.helpers import GOLDEN
 
     result = run_cli("gen", "a red circle", "--model", GOLDEN / "tiny_pipeline", *FAST, "--backend", "onnx",
                      "-o", tmp_path / "a.png", timeout=120)

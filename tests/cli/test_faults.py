@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from PIL import Image
 
 from internvlu.images import TEMP_SUFFIX
@@ -25,6 +27,7 @@ def _no_partials(folder: Path) -> None:
     assert not [p for p in folder.rglob("*") if TEMP_SUFFIX in p.name or p.name.startswith(".")], list(folder.iterdir())
 
 
+@pytest.mark.slow
 def test_a_batch_killed_at_random_moments_resumes_to_the_uninterrupted_result(tmp_path, model_dir):
     jobs = write_jobs(tmp_path / "jobs.jsonl", *({"prompt": f"job {i}", "seed": i} for i in range(5)))
     args = ("batch", jobs, "--model", model_dir, "--size", "64x64", "--steps", 40, "-q")
@@ -46,6 +49,7 @@ def test_a_batch_killed_at_random_moments_resumes_to_the_uninterrupted_result(tm
     _no_partials(victim_dir)
 
 
+@pytest.mark.slow
 def test_ctrl_c_between_batch_jobs_keeps_finished_work_and_resume_completes(tmp_path, model_dir):
     jobs = write_jobs(tmp_path / "jobs.jsonl", *({"prompt": f"job {i}", "seed": i} for i in range(4)))
     args = ("batch", jobs, "--model", model_dir, "--size", "64x64", "--steps", 150, "--out-dir", tmp_path / "out")

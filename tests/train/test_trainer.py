@@ -86,6 +86,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(short_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_data_workers_change_nothing_but_the_wall_time(short_run, tmp_path):
     """Two processes drawing the data ahead of the model give the same weights as drawing it inline."""
     straight, _, _ = short_run
