@@ -10,7 +10,8 @@ MAX_SIDE = 4096
 MAX_STEPS = 1000
 MAX_IMAGES_PER_PROMPT = 64  # num_images_per_prompt of one pipeline call
 MAX_IMAGES_PER_COMMAND = 1000  # `-n` of one CLI command (one pipeline call per image)
-MAX_NEW_TOKENS = 4096  # answers and chains of thought
+MAX_NEW_TOKENS = 4096  # a chain of thought (it must fit the head's conditioning)
+MAX_ANSWER_TOKENS = 32768  # an `ask` answer
 MAX_SEED = 2**63 - 1
 MAX_ASPECT = 16  # W:H or H:W
 

@@ -13,7 +13,7 @@ from internvlu.cli.gen import model_from
 from internvlu.cli.session import InputImage, Session, check_not_a_path, stdout_writer
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import UsageError
-from internvlu.limits import MAX_NEW_TOKENS, MAX_SEED
+from internvlu.limits import MAX_ANSWER_TOKENS, MAX_SEED
 from internvlu.runtime.settings import resolve
 
 ANSWER_TOKENS = 512  # the default longest answer (batch ask jobs use it too)
@@ -22,7 +22,7 @@ ANSWER_TOKENS = 512  # the default longest answer (batch ask jobs use it too)
 def ask(
     args: Annotated[list[str], typer.Argument(metavar="IMAGE... QUESTION",
                                               help="Zero or more images, then the question.", show_default=False)],
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, max=MAX_NEW_TOKENS,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, max=MAX_ANSWER_TOKENS,
                                                 help="Longest answer, in tokens.")] = ANSWER_TOKENS,
     temperature: Annotated[Optional[float], typer.Option(
         "--temperature", metavar="T", min=0.0, max=100.0,
