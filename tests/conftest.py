@@ -36,6 +36,13 @@ def golden_list(tensors: dict, prefix: str) -> list[torch.Tensor]:
     return [tensors[f"{prefix}.{i}"] for i in range(count)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache_folder(tmp_path_factory):
+    """The tool's cache (models built on first use, remembered artifact hashes) in a temporary folder, never the
+    user's; the CLI tests give each test its own."""
+    os.environ["INTERNVLU_HOME"] = str(tmp_path_factory.mktemp("internvlu-home"))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
     return GOLDEN / "tiny_pipeline"

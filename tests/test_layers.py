@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "internvlu"
 # Module or package -> layer. A module may import from its own layer and the layers below, never above.
 # The package root (`internvlu/__init__.py`) is the runtime's public face: `from internvlu import InternVLUPipeline`.
 LAYER_OF = {
-    "internvlu.errors": 0, "internvlu.images": 0, "internvlu.limits": 0, "internvlu.presets": 0,
+    "internvlu.errors": 0, "internvlu.images": 0, "internvlu.limits": 0, "internvlu.paths": 0, "internvlu.presets": 0,
     "internvlu": 1, "internvlu.runtime": 1,
     "internvlu.export": 2, "internvlu.train": 2, "internvlu.synthetic": 2,
     "internvlu.cli": 3, "internvlu.__main__": 3,
 }
-LAYER_NAMES = ("base (errors, images, limits, presets)", "runtime", "export/train/synthetic", "cli")
+LAYER_NAMES = ("base (errors, images, limits, paths, presets)", "runtime", "export/train/synthetic", "cli")
 
 
 def layer(module: str) -> int | None:

@@ -21,21 +21,17 @@ from pathlib import Path
 from filelock import FileLock
 
 from internvlu.errors import CheckpointError, UsageError
+from internvlu.paths import cache_dir
 
 EMBEDDED = ("nano", "tiny")
 PACKAGED = ("nano",)  # shipped inside the package; the others are built on first use
 DEFAULT_MODEL = "nano"
 
 
-def home() -> Path:
-    """`$INTERNVLU_HOME`, else `~/.cache/internvlu`."""
-    return Path(os.environ.get("INTERNVLU_HOME") or Path.home() / ".cache" / "internvlu").expanduser()
-
-
 def embedded_dir(name: str) -> Path:
     if name in PACKAGED:
         return Path(__file__).resolve().parent.parent / "models" / name
-    return home() / "models" / name
+    return cache_dir() / "models" / name
 
 
 def embedded_available(name: str) -> bool:

@@ -1,12 +1,12 @@
 """`internvlu export`: an optimized model folder that `--model DIR` loads like any checkpoint.
 
-The folder is the source checkpoint (configs, tokenizer, untouched weights: hard links where the file
-system allows, copies elsewhere) plus
+The folder is a copy of the source checkpoint (configs, tokenizer, untouched weights; never hard links,
+and every file with one mode) plus
 - `vlm/model.safetensors` replaced by the quantized backbone (`--backbone int8|int4`);
 - `generation_decoder/model.onnx` (`--head onnx`), checked in ONNX Runtime against torch at several
   shapes before the export is accepted; `--head trt` adds `generation_decoder/model.plan`;
 - `manifest.json`: source and its hash, versions, quantization, precision, engine GPU and profiles,
-  and the SHA-256 of every artifact.
+  and the size and SHA-256 of every file in the folder (checked on every load).
 It is assembled in a hidden sibling folder and renamed into place, so an interrupted export leaves
 nothing that looks finished.
 """
@@ -38,12 +38,13 @@ ONNX_TOLERANCE = 1e-4
 ONNX_CHECK_SHAPES = ((1, 16, 9), (3, 64, 21), (6, 96, 40))
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
+def _give_one_mode(folder: Path) -> None:
+    """Every file rw-r--r-- and every folder rwxr-xr-x (less the umask), whatever the source's modes were (a
+    read-only installed package) or a writer chose (safetensors writes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o755 if path.is_dir() else 0o644) & ~umask)
 
 
 def _weights_dtype(folder: Path, stem: str) -> torch.dtype:
@@ -89,10 +90,10 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
     shutil.rmtree(staging, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        shutil.copytree(source, staging, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".*"))
+        # Copies, never hard links: a link would let an edit of the export change the source (the installed package).
+        shutil.copytree(source, staging, copy_function=shutil.copyfile, ignore=shutil.ignore_patterns(".*"))
         log(f"loading {model_label} in float32")
         pipe = InternVLUPipeline.from_pretrained(source, torch_dtype=torch.float32)
-        artifacts: list[str] = []
         backbone_record: dict = {"quantization": backbone}
         if backbone != "none":
             stored = _weights_dtype(source / "vlm", "model")
@@ -104,7 +105,6 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
                 old.unlink()
             save_file(quantize.quantized_state_dict(pipe.vlm), str(staging / "vlm" / "model.safetensors"),
                       metadata={"format": "pt", "quantization": backbone})
-            artifacts.append("vlm/model.safetensors")
             backbone_record.update({
                 "method": "bitsandbytes LLM.int8 (per-row absmax)" if backbone == "int8"
                 else f"bitsandbytes NF4 (blocks of {quantize.NF4_BLOCKSIZE}, double-quantized absmax)",
@@ -121,7 +121,6 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
             onnx_head.export_head(decoder, onnx_path)
             log("checking the ONNX graph against torch in ONNX Runtime")
             checks = check_head_against_torch(decoder, onnx_path)
-            artifacts += [str(p.relative_to(staging)) for p in sorted(onnx_path.parent.glob("model.onnx*"))]
             head_record.update({"onnx": "generation_decoder/model.onnx", "opset": onnx_head.OPSET, "precision": "float32",
                                 "onnx_checks": checks, "onnxruntime": export_manifest.library_version("onnxruntime")})
         if head == "trt":
@@ -131,7 +130,6 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
             head_record["engine"] = tensorrt_engine.build_engine(
                 staging / "generation_decoder" / "model.onnx", staging / "generation_decoder" / "model.plan",
                 pipe.generation_decoder.config, pipe.processor.config, log=log)
-            artifacts.append("generation_decoder/model.plan")
         manifest = {
             "format": export_manifest.FORMAT,
             "format_version": export_manifest.FORMAT_VERSION,
@@ -143,10 +141,11 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
             "backbone": backbone_record,
             "head": head_record,
             "artifacts": {name: {"bytes": (staging / name).stat().st_size, "sha256": file_sha256(staging / name)}
-                          for name in artifacts},
+                          for name in sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())},
             "seconds": round(time.perf_counter() - started, 1),
         }
         (staging / export_manifest.FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        _give_one_mode(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         staging.rename(out_dir)

@@ -41,8 +41,6 @@ def install_head_backend(head, backend: str, manifest: dict | None, root: Path, 
     if backend == "onnx":
         from internvlu.runtime.onnx_step import OnnxRuntimeStep
 
-        names = [n for n in manifest["artifacts"] if n.startswith("generation_decoder/model.onnx")]
-        export_manifest.verify_artifacts(root, manifest, names)
         head.use_exported_step(OnnxRuntimeStep(root / "generation_decoder" / "model.onnx", device))
         return backend
     if device.type != "cuda":
@@ -51,7 +49,6 @@ def install_head_backend(head, backend: str, manifest: dict | None, root: Path, 
 
     gpu, capability = tensorrt_step.gpu_identity()
     export_manifest.check_engine_runtime(root, manifest, gpu, capability)
-    export_manifest.verify_artifacts(root, manifest, ["generation_decoder/model.plan"])
     profile = tensorrt_step.EngineProfile.from_record(manifest["head"].get("engine", {}).get("profile"), root)
     head.use_exported_step(tensorrt_step.TensorRTStep(root / "generation_decoder" / "model.plan", profile))
     return backend

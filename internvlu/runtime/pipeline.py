@@ -94,6 +94,8 @@ class InternVLUPipeline:
         root = checkpoint.resolve_model_dir(name_or_path, revision)
         read_json(root / "model_index.json")
         manifest = export_manifest.read(root)
+        if manifest is not None:
+            export_manifest.verify_artifacts(root, manifest)  # every file the export lists, before any is read
         target = torch.device(device) if device is not None else torch.device("cpu")
         folders = {name: checkpoint.component_dir(root, name) for name in checkpoint.COMPONENTS}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -49,17 +50,36 @@ def test_an_export_loads_and_draws_through_the_cli(exported, tmp_path):
     assert torch_head.returncode == 0, torch_head.stderr
 
 
-def test_a_tampered_head_is_refused(exported, tmp_path):
+@pytest.mark.parametrize("artifact", ["vlm/model.safetensors", "generation_decoder/model.onnx",
+                                      "generation_decoder/config.json", "vae/diffusion_pytorch_model.safetensors",
+                                      "processor/tokenizer.json"])
+def test_a_tampered_file_of_any_kind_is_refused(exported, tmp_path, cli, artifact):
     out, _ = exported
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    graph = copy / "generation_decoder" / "model.onnx"
-    data = bytearray(graph.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    graph.write_bytes(bytes(data))
-    result = run_cli("gen", "a red circle", "--model", copy, *FAST, "-o", tmp_path / "x.png", timeout=120)
-    assert result.returncode != 0 and not (tmp_path / "x.png").exists()
-    one_line_error(result, "model.onnx", "does not match its manifest", "re-export")
+    target = copy / artifact
+    data = bytearray(target.read_bytes())
+    data[len(data) - 8] ^= 0x01  # near the end: weights there are read only when the layer is built
+    target.write_bytes(bytes(data))
+    result = cli("gen", "a red circle", "--model", copy, *FAST, "-o", tmp_path / "x.png")
+    assert result.code != 0 and not (tmp_path / "x.png").exists()
+    one_line_error(result, artifact.rsplit("/", 1)[-1], "does not match its manifest", "re-export")
+
+
+def test_an_export_is_a_copy_with_one_mode_and_lists_every_file(exported):
+    out, _ = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert sorted(manifest["artifacts"]) == files
+    source_inodes = {p.stat().st_ino for p in (GOLDEN / "tiny_pipeline").rglob("*") if p.is_file()}
+    assert not source_inodes & {p.stat().st_ino for p in out.rglob("*") if p.is_file()}
+    assert {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {0o644 & ~_umask()}
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 @pytest.mark.parametrize("change,fragment", [

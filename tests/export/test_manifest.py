@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -34,6 +35,20 @@ def test_an_intact_engine_passes_and_a_tampered_one_is_refused_before_loading(tm
     engine.unlink()
     with pytest.raises(CheckpointError, match="is missing"):
         manifest.verify_artifacts(tmp_path, data, ["generation_decoder/model.plan"])
+
+
+def test_a_verified_file_is_hashed_once_until_its_stat_changes(tmp_path, monkeypatch):
+    engine, data = _export_with_engine(tmp_path)
+    hashed = []
+    monkeypatch.setattr(manifest, "file_sha256", lambda path: hashed.append(path) or hashlib.sha256(path.read_bytes()).hexdigest())
+    manifest.verify_artifacts(tmp_path, data)
+    manifest.verify_artifacts(tmp_path, data)
+    assert hashed == [engine]
+    engine.write_bytes(b"serialized engine bytez")  # same size; the remembered hash is keyed by the stat
+    os.utime(engine, ns=(engine.stat().st_atime_ns, engine.stat().st_mtime_ns + 1))
+    with pytest.raises(CheckpointError, match="does not match its manifest"):
+        manifest.verify_artifacts(tmp_path, data)
+    assert hashed == [engine, engine]
 
 
 def test_an_engine_for_another_gpu_or_tensorrt_is_refused_with_a_rebuild_hint(tmp_path, monkeypatch):
