@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from PIL import Image
 
 from internvlu import presets
 from internvlu.cli import options as opt
@@ -31,7 +32,7 @@ from internvlu.cli.gen import model_from
 from internvlu.cli.session import ImageJob, InputImage, Session, stdout_writer
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import InternVLUError, UsageError
-from internvlu.images import atomic_write, remove_stale_temps
+from internvlu.images import atomic_write, file_sha256, read_recipe, remove_stale_temps
 from internvlu.limits import MAX_SEED
 from internvlu.runtime.settings import LOAD_KEYS, GenerationSettings, Layer, resolve
 
@@ -62,6 +63,7 @@ class BatchJob:
     path: Path | None = None  # where the output goes; None for an ask job that only prints
     resolved: GenerationSettings | None = None  # every layer applied, checked against the batch's model
     error: str | None = None
+    finished: bool = False  # --resume found this job's complete output under its name
 
     @property
     def name(self) -> str:
@@ -186,7 +188,7 @@ def read_jobs_file(file: str) -> str:
 def batch(
     file: Annotated[str, typer.Argument(metavar="FILE", help="Jobs file (JSON Lines or one prompt per line), or - for stdin.",
                                         show_default=False)],
-    resume: Annotated[bool, typer.Option("--resume", help="Skip jobs whose output file already exists.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip jobs whose output is complete and theirs; a damaged or foreign file under a job's name is reported, not overwritten.")] = False,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", "-s", min=0, max=MAX_SEED, metavar="SEED", help="Jobs without a seed get this seed plus their job number minus one. \\[default: random]",
         show_default=False, rich_help_panel=opt.SETTINGS_PANEL)] = None,
@@ -238,7 +240,9 @@ def batch(
         plan_paths(jobs, folder)
 
         model_name, _ = model_from(model, None, config)
-        to_run = [job for job in jobs if not job.error and not (resume and job.path is not None and job.path.exists())]
+        if resume:
+            check_finished(jobs, flags, seed, overwrite)
+        to_run = [job for job in jobs if not job.error and not job.finished]
         session = None
         if to_run:  # with nothing left to do the model is never loaded
             session = Session(ui, model_name, base)
@@ -315,14 +319,74 @@ def prepare(job: BatchJob, resume: bool, overwrite: bool) -> list[InputImage] | 
     """A job's input images, or None when --resume finds its output done; raises for a bad job."""
     if job.error:
         raise UsageError(job.error)
+    if job.finished:
+        return None
     if job.path is not None and job.path.exists():
-        if resume:
-            return None
         if not overwrite:
             raise UsageError(f"{job.path} already exists; pass --resume to skip finished jobs or --overwrite to redo them")
     if job.path is not None:
         remove_stale_temps(job.path)
     return [InputImage.open(p) for p in job.images]
+
+
+def check_finished(jobs: list[BatchJob], flags: Layer, base_seed: int | None, overwrite: bool) -> None:
+    """--resume: mark the jobs whose output is complete and is theirs. A file under a job's name that is not (a
+    truncated or foreign file, another prompt's or seed's image) is that job's error, never overwritten, unless
+    --overwrite says to redo it."""
+    for job in jobs:
+        if job.error or job.path is None or not job.path.exists():
+            continue
+        reason = why_not_finished(job, flags, base_seed)
+        if reason is None:
+            job.finished = True
+        elif not overwrite:
+            job.error = (f"{job.path} exists but is not this job's finished output ({reason}); move it away, or pass "
+                         "--overwrite to redo the job")
+
+
+def why_not_finished(job: BatchJob, flags: Layer, base_seed: int | None) -> str | None:
+    """Why the file at `job.path` is not the job's complete output, or None when it is: an image must decode
+    whole and carry a recipe with the job's command, prompt, inputs, seed (where the job fixes it) and every
+    setting the job or the flags name; an answer must be text (a .json one: for the job's question)."""
+    if job.mode == "ask":
+        try:
+            text = job.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return "not UTF-8 text"
+        if job.path.suffix.lower() != ".json":
+            return None if text.strip() else "empty"
+        try:
+            question = json.loads(text).get("question")
+        except (ValueError, AttributeError):
+            return "not an answer written by internvlu"
+        return None if question == job.prompt else "the answer to another question"
+    try:
+        with Image.open(job.path) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return "it does not decode as a whole image"
+    try:
+        recipe = read_recipe(job.path)
+    except UsageError:
+        return "it carries no internvlu recipe"
+    seed = job.seed if job.seed is not None else None if base_seed is None else base_seed + job.number - 1
+    wanted = {"command": job.mode, "prompt": job.prompt, "seed": seed}
+    named = {**flags.values, **job.settings}
+    wanted.update({key: named[key] for key in ("steps", "cfg", "part_cfg") if key in named})
+    if "size" in named:
+        wanted["width"], wanted["height"] = presets.parse_size(named["size"])
+    if "cot" in named:
+        wanted["mode"] = "text_image" if named["cot"] else "image"
+    for key, value in wanted.items():
+        if value is not None and recipe.get(key) != value:
+            return f"its recipe has {key} {recipe.get(key)!r}, the job {value!r}"
+    try:
+        hashes = [file_sha256(Path(image).expanduser()) for image in job.images]
+    except OSError as exc:
+        return f"its input image cannot be read to compare ({exc.strerror})"
+    if hashes != [record.get("sha256") for record in recipe.get("inputs", [])]:
+        return "it was made from other input images"
+    return None
 
 
 def run_ask_job(session: Session, job: BatchJob, inputs: list[InputImage], as_json: bool, overwrite: bool) -> dict:

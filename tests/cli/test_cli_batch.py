@@ -73,6 +73,32 @@ def test_finished_outputs_are_refused_without_resume_and_skipped_with_it(cli, mo
     assert everything_done.code == 0  # nothing to run: the model is never loaded
 
 
+def test_resume_redoes_nothing_it_cannot_prove_finished(cli, model_dir, tmp_path):
+    """A truncated PNG, a garbage file, an image of another prompt or seed under a job's name: reported, kept as
+    they are; with --overwrite they are redone. A finished output with its recipe is skipped."""
+    jobs = write_jobs(tmp_path / "jobs.jsonl", *({"prompt": p, "seed": 7} for p in ("one", "two", "three", "four", "five")),
+                      {"mode": "ask", "prompt": "what?", "out": "answer.json"})
+    assert cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out").code == 0
+    done = open("out/0001-one.png", "rb").read()
+    open("out/0002-two.png", "wb").write(done[:100])  # truncated
+    open("out/0003-three.png", "wb").write(b"not an image at all")
+    open("out/0004-four.png", "wb").write(done)  # job 1's image: another prompt
+    other_seed = cli("gen", "five", "--model", model_dir, *FAST, "--seed", 8, "-o", "five.png")
+    assert other_seed.code == 0
+    os.replace("five.png", "out/0005-five.png")
+    open("out/answer.json", "w").write('{"question": "something else", "answer": "x"}')
+    kept = {p: open(f"out/{p}", "rb").read() for p in os.listdir("out")}
+    resumed = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--resume", "--json")
+    lines = resumed.json_lines()
+    assert resumed.code == 1 and [r["status"] for r in lines] == ["skipped"] + ["failed"] * 5
+    for line, fragment in zip(lines[1:], ("does not decode", "does not decode", "prompt", "seed", "another question")):
+        assert "is not this job's finished output" in line["error"] and fragment in line["error"], line
+    assert {p: open(f"out/{p}", "rb").read() for p in os.listdir("out")} == kept
+    redone = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--resume", "--overwrite", "--json")
+    assert redone.code == 0 and [r["status"] for r in redone.json_lines()] == ["skipped"] + ["ok"] * 5
+    assert open("out/0004-four.png", "rb").read() != done and read_recipe("out/0004-four.png")["prompt"] == "four"
+
+
 def test_batch_usage_errors(cli, model_dir, tmp_path):
     result = cli("batch", "absent.jsonl", "--model", model_dir)
     assert result.code == 2
