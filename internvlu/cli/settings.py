@@ -8,6 +8,7 @@ highest layer that names either wins. Also here: seeds and output names.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -128,6 +129,9 @@ def slug(text: str, limit: int = 48) -> str:
 
 
 def check_png_name(path: Path) -> Path:
+    if path.is_dir() or not path.suffix:  # `-o drafts/` (typer drops the slash): a folder was meant
+        raise UsageError(f"-o {path} names no .png file; -o takes one file such as {path / 'image.png'}, "
+                         f"and --out-dir {path} writes into that folder")
     if path.suffix.lower() != ".png":
         raise UsageError(f"output {path} must end in .png (the recipe is stored in PNG metadata)")
     return path
@@ -144,7 +148,10 @@ def prepare_folder(folder: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise write_error(folder / "probe", exc) from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise write_error(folder, exc) from None
+        raise UsageError(f"cannot write to the output folder {folder} ({exc.strerror}); choose a writable output "
+                         "folder (--out-dir / -o)") from None
     return folder
 
 

@@ -23,15 +23,16 @@ BUILTIN_DIR = Path(__file__).parent
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """`1024x576` (or `512` for a square) -> (width, height)."""
+    """`1024x576` (or `512` for a square) -> (width, height); a UsageError saying what the value "must" be,
+    for the caller to prefix with where it came from (`--size 12x12 must ...`)."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×*]\s*(\d+))?\s*", str(text))
     if not match:
-        raise UsageError(f"size {text!r} is not WIDTHxHEIGHT; use e.g. 1024x576 (or 512 for a square)")
+        raise UsageError("must be WIDTHxHEIGHT, e.g. 1024x576 (or 512 for a square)")
     width = int(match.group(1))
     height = int(match.group(2) or width)
     for side in (width, height):
         if not MIN_SIDE <= side <= MAX_SIDE:
-            raise UsageError(f"size {text!r}: each side must be from {MIN_SIDE} to {MAX_SIDE} pixels")
+            raise UsageError(f"must have each side from {MIN_SIDE} to {MAX_SIDE} pixels")
     return width, height
 
 
@@ -39,10 +40,10 @@ def parse_aspect(text: str) -> tuple[float, float]:
     """`16:9` (or `1.5`) -> (16, 9)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?::\s*(\d+(?:\.\d+)?))?\s*", str(text))
     if not match:
-        raise UsageError(f"aspect {text!r} is not W:H; use e.g. 16:9, 3:4 or 1:1")
+        raise UsageError("must be W:H, e.g. 16:9, 3:4 or 1:1")
     a, b = float(match.group(1)), float(match.group(2) or 1)
     if a <= 0 or b <= 0 or max(a / b, b / a) > MAX_ASPECT:
-        raise UsageError(f"aspect {text!r} must be positive and at most {MAX_ASPECT}:1 either way")
+        raise UsageError(f"must be positive and at most {MAX_ASPECT}:1 either way")
     return a, b
 
 

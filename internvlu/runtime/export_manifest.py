@@ -119,7 +119,7 @@ def check_backbone_runtime(folder: Path, manifest: dict) -> None:
         return
     built, here = backbone.get("bitsandbytes"), library_version("bitsandbytes")
     if here is None:
-        raise CheckpointError(f"{folder} has a {backbone['quantization']} backbone, which needs bitsandbytes: "
+        raise CheckpointError(f"{folder} has an {backbone['quantization']} backbone, which needs bitsandbytes: "
                               "pip install 'internvlu[quant]'")
     if _minor(built) != _minor(here):
         raise CheckpointError(f"{folder} was quantized with bitsandbytes {built}, this is {here}; rebuild it with "

@@ -104,11 +104,31 @@ def test_bad_flag_values(cli, model_dir, args, fragment):
     one_line_error(result, fragment, "--help")
 
 
-@pytest.mark.parametrize("size, fragment", [("10x", "WIDTHxHEIGHT"), ("8x8", "from 16 to 4096"), ("big", "1024x576")])
-def test_bad_size(cli, model_dir, size, fragment):
+@pytest.mark.parametrize("size, message", [
+    ("10x", "--size 10x must be WIDTHxHEIGHT, e.g. 1024x576 (or 512 for a square)"),
+    ("8x8", "--size 8x8 must have each side from 16 to 4096 pixels"),
+    ("big", "--size big must be WIDTHxHEIGHT, e.g. 1024x576 (or 512 for a square)"),
+])
+def test_bad_size(cli, model_dir, size, message):
     result = cli("gen", "a fox", "--model", model_dir, "--size", size)
     assert result.code == 2
-    one_line_error(result, fragment)
+    assert one_line_error(result) == f"error: {message}"
+
+
+def test_output_names_that_mean_a_folder_point_to_out_dir(cli, model_dir, tmp_path):
+    (tmp_path / "existing").mkdir()
+    for typed in ("drafts/", "existing"):
+        result = gen(cli, model_dir, "-o", typed)
+        assert result.code == 2
+        one_line_error(result, "names no .png file", f"--out-dir {typed.rstrip('/')}")
+    assert not (tmp_path / "drafts").exists()
+
+
+def test_an_output_folder_that_cannot_exist_is_named_as_given(cli, model_dir):
+    result = gen(cli, model_dir, "-o", "/proc/internvlu-test/x.png")
+    assert result.code == 2
+    message = one_line_error(result, "cannot write to the output folder /proc/internvlu-test", "--out-dir")
+    assert "probe" not in message
 
 
 def test_bad_aspect_and_both_shapes(cli, model_dir):
