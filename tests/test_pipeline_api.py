@@ -1,5 +1,7 @@
 """The public API: argument checks before compute, and the reference failures that we fix."""
 
+import logging
+
 import pytest
 import torch
 from PIL import Image
@@ -103,10 +105,16 @@ def test_prompt_too_long_is_refused(tiny_pipe):
         gen(tiny_pipe, prompt="red " * 400)
 
 
-def test_chain_of_thought_is_capped_to_fit(tiny_pipe):
-    out = tiny_pipe("a cube " * 25, generation_mode="text_image", height=32, width=32, max_new_tokens=500, do_sample=False, **FAST)
+def test_chain_of_thought_is_capped_to_fit(tiny_pipe, caplog):
+    with caplog.at_level(logging.INFO, logger="internvlu"):
+        out = tiny_pipe("a cube " * 25, generation_mode="text_image", height=32, width=32, max_new_tokens=500, do_sample=False, **FAST)
     assert out.images[0].size == (32, 32)
     assert out.generate_output.shape[1] < 500
+    assert [r.levelno for r in caplog.records if "capped" in r.message] == [logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="internvlu"):  # the default length: capping it is no news
+        tiny_pipe("a cube " * 25, generation_mode="text_image", height=32, width=32, do_sample=False, **FAST)
+    assert [r.levelno for r in caplog.records if "capped" in r.message] == [logging.INFO]
 
 
 def test_chain_of_thought_with_generate_dict(tiny_pipe):

@@ -31,6 +31,8 @@ from internvlu.runtime.settings import COMMAND_LINE, GenerationSettings, LoadSet
 
 # The recipe keys a --json result repeats under "settings".
 RESULT_SETTINGS = ("steps", "cfg", "part_cfg", "width", "height", "max_new_tokens", "preset", "dtype", "device")
+# Above this many parameters an image takes minutes on a CPU (the full model has 4 B; nano draws in a second).
+SLOW_ON_CPU_PARAMETERS = 500_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -163,9 +165,6 @@ class Session:
         wanted = self.requested
         self.model = registry.resolve(self.model_name, self.revision, notify=self.ui.info)
         self.ui.info(f"loading model {self.model.id} ({wanted.dtype}, {wanted.device})")
-        if wanted.device == "cpu":
-            self.ui.info("note: running on the CPU, which is slow: the full InternVL-U model takes minutes per image "
-                         "here; use a GPU (--device cuda) for real work")
         try:
             self.pipe = InternVLUPipeline.from_pretrained(self.model.path, torch_dtype=wanted.dtype,
                                                           backend=wanted.backend, device=wanted.device,
@@ -182,6 +181,9 @@ class Session:
         elif wanted.compile:
             self.ui.info(f"compile skipped: the {self.pipe.backend} head is compiled already")
         self.loaded = replace(wanted, backend=self.pipe.backend, compile=compiled)
+        if self.loaded.device == "cpu" and self.pipe.parameter_count() > SLOW_ON_CPU_PARAMETERS:
+            self.ui.info("note: running on the CPU, which is slow for a model this size (minutes per image); use a "
+                         "GPU (--device cuda) for real work")
         self.use_vae_tiling(wanted.vae_tiling)
         self.model_identity = self.model.identity()
         self.load_s = time.perf_counter() - start
@@ -248,7 +250,10 @@ class Session:
                     height=height, width=width, num_inference_steps=image.steps,
                     all_cfg_scale=image.cfg, part_cfg_scale=image.part_cfg,
                     generator=torch.Generator("cpu").manual_seed(job.seed),
-                    max_new_tokens=image.max_new_tokens, streamer=streamer, callback=on_step,
+                    # the model's default length unless a layer named one (so only a chosen length warns when capped)
+                    max_new_tokens=image.max_new_tokens if job.settings.image.max_new_tokens is not None else None,
+                    streamer=streamer,
+                    callback=on_step,
                 )
         finally:
             bars.remove_task(step_task)

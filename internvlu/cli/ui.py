@@ -51,7 +51,8 @@ class UI:
             self.console.print(escape(message), style="dim" if self.bars_enabled else None)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {escape(message)}")
+        if not self.quiet:  # -q: nothing but errors
+            self.console.print(f"[yellow]warning:[/] {escape(message)}")
 
     def block(self, title: str, text: str) -> None:
         """A multi-line text (the chain of thought) under a title."""

@@ -181,6 +181,10 @@ class InternVLUPipeline:
         self.vae.model.enable_tiling()
         return self
 
+    def parameter_count(self) -> int:
+        """Parameters of the VLM, the head and the VAE (quantized layers count their stored elements)."""
+        return sum(p.numel() for module in (self.vlm, self.generation_decoder, self.vae.model) for p in module.parameters())
+
     @property
     def dtype(self) -> torch.dtype:
         return self.vlm.dtype
@@ -228,8 +232,6 @@ class InternVLUPipeline:
         if generation_mode not in ("image", "text_image"):
             raise UsageError(f"generation_mode {generation_mode!r} must be 'text', 'image' or 'text_image'")
         defaults = IMAGE_MODE_DEFAULTS if generation_mode == "image" else COT_MODE_DEFAULTS
-        if generation_mode == "text_image":
-            generation.setdefault("max_new_tokens", COT_MODE_DEFAULTS["max_new_tokens"])
         return self._generate_images(
             prompt, image, generation_mode, system_prompt,
             height=self.generation_decoder.config.gen_image_height if height is None else height,
@@ -349,11 +351,15 @@ class InternVLUPipeline:
         ids, mask = inputs.input_ids, inputs.attention_mask
         # Room for the thoughts: the full rows' spans grow by the kept tokens and the final <img>.
         room = conditioner.check_context_fits(ids[:S], extra_tokens=1)
+        asked = "max_new_tokens" in generation
         wanted = generation.get("max_new_tokens", COT_MODE_DEFAULTS["max_new_tokens"])
+        generation = {**generation, "max_new_tokens": wanted}
         if room is not None and wanted > room + 1:
-            log.warning("chain of thought capped at %d tokens so the conditioning fits the model's %d-token limit",
-                        room + 1, self.generation_decoder.max_context_length)
-            generation = {**generation, "max_new_tokens": room + 1}
+            # A warning only for a length the caller chose: capping the default is the model working as designed.
+            (log.warning if asked else log.info)(
+                "chain of thought capped at %d tokens so the conditioning fits the model's %d-token limit",
+                room + 1, self.generation_decoder.max_context_length)
+            generation["max_new_tokens"] = room + 1
         result = self._generate_text(inputs, ids[:S], mask[:S], generation, tile_index=full_condition_tiles(inputs))
         out = result.sequences if hasattr(result, "sequences") else result
         new_ids, new_mask = splice_thoughts(ids, mask, out.cpu(), self.processor.token_ids)

@@ -220,3 +220,12 @@ def test_from_refuses_recorded_settings_it_cannot_honour_unless_a_flag_overrides
         one_line_error(result, "no CUDA GPU", "device cuda comes from fox.png", "--device cpu")
         assert cli("gen", "--from", "fox.png", "--device", "cpu", "-o", "cpu.png").code == 0
         assert pixels("cpu.png") == pixels("fox.png")
+
+
+def test_notices_only_when_the_user_can_act_on_them(cli, model_dir):
+    default_cot = cli("gen", "a cube " * 25, "--model", model_dir, *FAST, "--cot", "-o", "a.png")
+    assert default_cot.code == 0 and "warning" not in default_cot.stderr  # the default length, capped as designed
+    chosen = cli("gen", "a cube " * 25, "--model", model_dir, *FAST, "--cot", "--cot-tokens", 500, "-o", "b.png")
+    assert chosen.code == 0 and "chain of thought capped" in chosen.stderr
+    quiet = cli("gen", "a cube " * 25, "--model", model_dir, *FAST, "--cot", "--cot-tokens", 500, "-q", "-o", "c.png")
+    assert quiet.code == 0 and quiet.stderr == ""

@@ -37,7 +37,8 @@ def test_json_goes_to_stdout_and_logs_to_stderr(model_dir):
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["seed"] for line in lines] == [3, 4]
     assert read_recipe(lines[1]["path"])["seed"] == 4
-    assert "loading model" in result.stderr and "running on the CPU" in result.stderr
+    assert "loading model" in result.stderr
+    assert "running on the CPU" not in result.stderr  # a small model draws in a second there: nothing to act on
     assert "\x1b[" not in result.stderr + result.stdout  # no colour or bars without a terminal
 
 
