@@ -72,7 +72,7 @@ Quiet = Annotated[bool, typer.Option(
 Debug = Annotated[bool, typer.Option(
     "--debug", help="Show the full traceback when something fails.", rich_help_panel=OUTPUT_PANEL)]
 Out = Annotated[Optional[Path], typer.Option(
-    "--output", "-o", metavar="FILE.png", help="Write the image to this file (one image only).",
+    "--output", "-o", metavar="FILE.png", help="Write the image to this file (one image only); - writes the PNG to stdout, for a pipe.",
     rich_help_panel=OUTPUT_PANEL)]
 OutDir = Annotated[Optional[Path], typer.Option(
     "--out-dir", "-d", metavar="DIR",

@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +27,7 @@ import internvlu
 from internvlu.cli import registry
 from internvlu.cli.ui import UI, printable
 from internvlu.errors import UsageError
-from internvlu.images import file_sha256, load_image, save_png
+from internvlu.images import PIPE, decode_image, file_sha256, load_image, save_png
 from internvlu.runtime.settings import COMMAND_LINE, GenerationSettings, LoadSettings
 
 
@@ -44,15 +46,29 @@ def check_not_a_path(text: str, usage: str) -> None:
 
 @dataclass
 class InputImage:
-    path: Path
+    path: Path  # PIPE ("-") for an image read from standard input
     sha256: str
     image: object  # PIL.Image.Image
 
     @classmethod
     def open(cls, path: str | Path) -> "InputImage":
+        """A file, or standard input for `-` (read once, fully, then decoded with a file's checks)."""
+        if str(path) == str(PIPE):
+            if sys.stdin is None or sys.stdin.isatty():
+                raise UsageError("- reads the image from standard input, which is a terminal; pipe an image into it "
+                                 "(e.g. convert in.jpg png:- | internvlu edit - PROMPT) or pass a file")
+            data = sys.stdin.buffer.read()
+            return cls(PIPE, hashlib.sha256(data).hexdigest(), decode_image(data, "standard input (-)"))
         path = Path(path).expanduser()
         image = load_image(path)
         return cls(path.resolve(), file_sha256(path), image)
+
+    @classmethod
+    def open_all(cls, paths: Sequence[str | Path]) -> list["InputImage"]:
+        """Each input image; standard input at most once (a second read would find it empty)."""
+        if sum(str(p) == str(PIPE) for p in paths) > 1:
+            raise UsageError("- (standard input) is given more than once; it holds one image, pass the others as files")
+        return [cls.open(p) for p in paths]
 
     def record(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "width": self.image.width, "height": self.image.height}
@@ -238,7 +254,7 @@ class Session:
                 self.ui.block(f"reasoning ({label})", "".join(thought_chunks))
 
         streamer = text_streamer(self.pipe.tokenizer, on_thought, on_token) if cot else None
-        self.ui.info(f"generating {job.out.name} ({width}x{height}, {image.steps} steps, "
+        self.ui.info(f"generating {'the image for standard output' if job.out == PIPE else job.out.name} ({width}x{height}, {image.steps} steps, "
                      f"seed {job.seed}{', chain of thought first' if cot else ''})")
         start = time.perf_counter()
         try:
