@@ -148,6 +148,26 @@ def stdout_writer(stream: TextIO) -> Callable[[str, bool], None]:
     return write
 
 
+# ---- presets made for GPUs, on a CPU -----------------------------------------------------------------
+
+def fit_to_device(settings: GenerationSettings, device: str) -> tuple[GenerationSettings, list[str]]:
+    """On the CPU, the GPU-only parts of a preset or config (not of a flag) are dropped, each with a notice:
+    bfloat16/float16 run slower than float32 there, and torch.compile costs about 30 s for little gain."""
+    if device != "cpu":
+        return settings, []
+    load, notices = settings.load, []
+    dtype_origin = settings.source("dtype")
+    if load.dtype not in ("auto", "float32") and dtype_origin != COMMAND_LINE:
+        notices.append(f"{dtype_origin} asks for {load.dtype}, slower than float32 on the CPU: using float32 "
+                       f"(--dtype {load.dtype} insists)")
+        load = replace(load, dtype="float32")
+    if load.compile:
+        notices.append(f"{settings.source('compile')} asks to compile the head, which costs about 30 s on the CPU for "
+                       "little gain: skipped")
+        load = replace(load, compile=False)
+    return replace(settings, load=load), notices
+
+
 # ---- the session -------------------------------------------------------------------------------------
 
 class Session:
@@ -178,7 +198,10 @@ class Session:
         from internvlu.runtime.pipeline import InternVLUPipeline
 
         start = time.perf_counter()
-        wanted = self.requested
+        self.settings, notices = fit_to_device(self.settings, self.requested.device)
+        if notices:
+            self.ui.info(f"note: {'; '.join(notices)}")
+        wanted = self.requested = self.settings.load_here()
         self.model = registry.resolve(self.model_name, self.revision, notify=self.ui.info)
         self.ui.info(f"loading model {self.model.id} ({wanted.dtype}, {wanted.device})")
         try:
@@ -217,7 +240,7 @@ class Session:
 
     def check(self, settings: GenerationSettings) -> None:
         """Refuse settings whose load-time part this loaded model cannot honour (VAE tiling it can switch)."""
-        reason = settings.mismatch(self.requested)
+        reason = fit_to_device(settings, self.device)[0].mismatch(self.requested)
         if reason:
             raise UsageError(reason)
 
