@@ -18,7 +18,7 @@ from internvlu.cli.session import ImageJob, InputImage, Session, check_not_a_pat
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import UsageError
 from internvlu.images import PIPE, read_recipe
-from internvlu.runtime.settings import Layer, resolve
+from internvlu.runtime.settings import COMMAND_LINE, Layer, resolve
 
 
 def recipe_inputs(recipe: dict, source: Path) -> list[InputImage]:
@@ -66,6 +66,19 @@ def stdout_output(images: int, out_dir: Path | None, as_json: bool) -> list[Path
     return [PIPE]
 
 
+def say_shape_change(ui: UI, session: Session, values, inputs: list[InputImage]) -> None:
+    """One notice when the output shape is not what was asked for, before any image is drawn."""
+    decoder = session.pipe.generation_decoder.config
+    change = values.image.shape_change((decoder.gen_image_width, decoder.gen_image_height),
+                                       (inputs[0].image.width, inputs[0].image.height) if inputs else None)
+    if change is None:
+        return
+    if values.image.aspect is not None:
+        origin = values.source("aspect")
+        change = f"--aspect {change}" if origin == COMMAND_LINE else f"the aspect of {origin}, {change}"
+    ui.info(f"note: {change}")
+
+
 def make_images(command: str, prompt: str | None, image_paths: list[str], *, preset, steps, cfg, part_cfg, size,
                 aspect, seeds, count, cot, cot_tokens, out, out_dir, overwrite, from_, model, device, dtype, backend,
                 as_json, quiet, debug) -> None:
@@ -103,6 +116,7 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
         if recorded_hash and session.model_identity.get("folder_hash") not in (None, recorded_hash):
             ui.warn(f"the weights in {session.model.path} differ from the ones {from_} was made with; "
                     "the image will not be the same")
+        say_shape_change(ui, session, values, inputs)
         with ui.progress():
             for k, (seed, path) in enumerate(zip(seed_list, outputs)):
                 job = ImageJob(command, prompt, seed, path, values, inputs, overwrite,
