@@ -1,11 +1,12 @@
 """Reading user images safely and writing outputs atomically.
 
-- `load_image`: one clear `UsageError` for a missing, unreadable, truncated, oversized (decompression
-  bomb) or non-image file; EXIF rotation applied; animated files give their first frame; every mode
+- `load_image` (a file) and `decode_image` (bytes from standard input): one clear `UsageError` for a
+  missing, unreadable, truncated, oversized (decompression bomb) or non-image input; EXIF rotation applied; animated files give their first frame; every mode
   (palette, alpha, 16-bit, CMYK...) becomes 8-bit RGB, transparency composited over white.
 - `atomic_write` / `save_png`: the bytes go to a hidden temporary file in the target folder, are
   fsynced and then renamed into place, so an output is either complete or absent; an existing file is
   never replaced without `overwrite`. The temporary file is removed on any failure, Ctrl-C included.
+  `save_png` to `PIPE` (`-o -`) encodes the whole PNG first, then writes it in one go.
 - The recipe (prompt, seed, settings, model...) is stored as JSON in an iTXt chunk named `internvlu`
   and read back by `read_recipe`.
 """
@@ -18,6 +19,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 RECIPE_KEY = "internvlu"
 MAX_PIXELS = 64 * 1024 * 1024  # larger inputs are refused before they are decoded
 TEMP_SUFFIX = ".internvlu-tmp"
+PIPE = Path("-")  # "-": standard input for an input image (`edit -`), standard output for `-o -`
 
 
 def file_sha256(path: Path) -> str:
@@ -60,24 +63,40 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if path.is_file() and path.stat().st_size == 0:
         raise UsageError(f"{path} is empty (0 bytes); pass a PNG, JPEG or WebP file")
     try:
+        return _decode(path, path)
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """`load_image` for bytes already read (standard input), with the same checks; `name` says where they came from."""
+    if not data:
+        raise UsageError(f"{name} is empty (0 bytes); pipe a PNG, JPEG or WebP image into it")
+    try:
+        return _decode(io.BytesIO(data), name)
+    except OSError as exc:  # only a decoder raises here: there is no file system behind the bytes
+        raise UsageError(f"{name} is damaged or truncated ({exc}); re-export or re-download it") from None
+
+
+def _decode(source: Path | io.BytesIO, name: str | Path) -> Image.Image:
+    """The checks and conversions shared by files and bytes; an OSError of opening is left to the caller."""
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except OSError as exc:
-        if isinstance(exc, UnidentifiedImageError):
-            raise UsageError(f"{path} is not an image (or a format Pillow cannot read); pass a PNG, JPEG or WebP file") from None
-        raise _open_error(path, exc) from None
+            image = Image.open(source)
+    except UnidentifiedImageError:
+        raise UsageError(f"{name} is not an image (or a format Pillow cannot read); pass a PNG, JPEG or WebP file") from None
     except Image.DecompressionBombError:
-        raise UsageError(f"{path} is too large to decode safely; downscale it below {MAX_PIXELS // 1_000_000} megapixels") from None
+        raise UsageError(f"{name} is too large to decode safely; downscale it below {MAX_PIXELS // 1_000_000} megapixels") from None
     with image:
         if image.width * image.height > MAX_PIXELS:
-            raise UsageError(f"{path} is {image.width}x{image.height}, too large to decode safely; "
+            raise UsageError(f"{name} is {image.width}x{image.height}, too large to decode safely; "
                              f"downscale it below {MAX_PIXELS // 1_000_000} megapixels")
         if min(image.size) < MIN_SIDE:  # the smallest output side: a thinner input asks for an impossible edit size
-            raise UsageError(f"{path} is {image.width}x{image.height}; each side of an input image must be at least "
+            raise UsageError(f"{name} is {image.width}x{image.height}; each side of an input image must be at least "
                              f"{MIN_SIDE} pixels (crop or pad it)")
         if getattr(image, "is_animated", False):
-            log.warning("%s is animated; using its first frame", path)
+            log.warning("%s is animated; using its first frame", name)
             image.seek(0)
         try:
             with warnings.catch_warnings():
@@ -86,10 +105,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             try:
                 image = ImageOps.exif_transpose(image)
             except Exception:  # a corrupt EXIF block only loses the rotation
-                log.warning("%s has unreadable EXIF data; its orientation is ignored", path)
+                log.warning("%s has unreadable EXIF data; its orientation is ignored", name)
             return to_rgb(image)
         except (OSError, ValueError, SyntaxError) as exc:
-            raise UsageError(f"{path} is damaged or truncated ({exc}); re-export or re-download it") from None
+            raise UsageError(f"{name} is damaged or truncated ({exc}); re-export or re-download it") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -208,7 +227,13 @@ def png_bytes(image: Image.Image, recipe: dict | None = None) -> bytes:
 
 
 def save_png(image: Image.Image, path: Path, recipe: dict | None = None, overwrite: bool = False) -> Path:
-    return atomic_write(path, png_bytes(image, recipe), overwrite)
+    """Write the PNG to `path` atomically, or to standard output when `path` is `PIPE`."""
+    data = png_bytes(image, recipe)
+    if Path(path) == PIPE:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return PIPE
+    return atomic_write(path, data, overwrite)
 
 
 def read_recipe(path: str | os.PathLike) -> dict:

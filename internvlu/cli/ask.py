@@ -21,7 +21,7 @@ ANSWER_TOKENS = 512  # the default longest answer (batch ask jobs use it too)
 
 def ask(
     args: Annotated[list[str], typer.Argument(metavar="IMAGE... QUESTION",
-                                              help="Zero or more images, then the question.", show_default=False)],
+                                              help="Zero or more images (- reads one from stdin), then the question.", show_default=False)],
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, max=MAX_ANSWER_TOKENS,
                                                 help="Longest answer, in tokens.")] = ANSWER_TOKENS,
     temperature: Annotated[Optional[float], typer.Option(
@@ -54,7 +54,7 @@ def ask(
         if not question.strip():
             raise UsageError("the question is empty; put it after the image paths, in quotes")
         check_not_a_path(question, "internvlu ask IMAGE... QUESTION")
-        inputs = [InputImage.open(p) for p in paths]
+        inputs = InputImage.open_all(paths)
         config = settings.load_config()
         model_name, _ = model_from(model, None, config)
         flags = settings.flag_layer(dtype=opt.enum_value(dtype), device=opt.enum_value(device))

@@ -6,6 +6,7 @@ run one image per seed, print each result.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,8 +17,8 @@ from internvlu.cli import registry, settings
 from internvlu.cli.session import ImageJob, InputImage, Session, check_not_a_path
 from internvlu.cli.ui import UI, emit
 from internvlu.errors import UsageError
-from internvlu.images import read_recipe
-from internvlu.runtime.settings import Layer, resolve
+from internvlu.images import PIPE, read_recipe
+from internvlu.runtime.settings import COMMAND_LINE, Layer, resolve
 
 
 def recipe_inputs(recipe: dict, source: Path) -> list[InputImage]:
@@ -26,6 +27,9 @@ def recipe_inputs(recipe: dict, source: Path) -> list[InputImage]:
     for entry in recipe.get("inputs") or []:
         path = Path(entry.get("path", ""))
         hint = f"pass it yourself: internvlu edit IMAGE PROMPT --from {source}"
+        if path == PIPE:
+            raise UsageError(f"{source} was edited from an image piped to standard input, which cannot be read again; "
+                             f"{hint} (or pipe it: ... | internvlu edit - PROMPT --from {source})")
         if not path.is_file():
             raise UsageError(f"{source} was edited from {path}, which is missing; {hint}")
         image = InputImage.open(path)
@@ -44,6 +48,37 @@ def model_from(model: str | None, recipe: dict | None, config: dict) -> tuple[st
     return config.get("model") or registry.DEFAULT_MODEL, None
 
 
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def stdout_output(images: int, out_dir: Path | None, as_json: bool) -> list[Path]:
+    """`-o -`: the one PNG goes to standard output, which must be a pipe or a file and carry nothing else."""
+    if out_dir is not None:
+        raise UsageError("-o - writes the image to standard output and --out-dir to a folder; pass only one")
+    if as_json:
+        raise UsageError("-o - writes the PNG to standard output, where --json would print too; drop --json "
+                         "(the PNG carries its recipe: internvlu info FILE.png)")
+    if images > 1:
+        raise UsageError(f"-o - writes one image to standard output but {images} were asked for; use --out-dir instead")
+    if stdout_is_terminal():
+        raise UsageError("refusing to write a PNG to a terminal; redirect stdout or pass -o FILE")
+    return [PIPE]
+
+
+def say_shape_change(ui: UI, session: Session, values, inputs: list[InputImage]) -> None:
+    """One notice when the output shape is not what was asked for, before any image is drawn."""
+    decoder = session.pipe.generation_decoder.config
+    change = values.image.shape_change((decoder.gen_image_width, decoder.gen_image_height),
+                                       (inputs[0].image.width, inputs[0].image.height) if inputs else None)
+    if change is None:
+        return
+    if values.image.aspect is not None:
+        origin = values.source("aspect")
+        change = f"--aspect {change}" if origin == COMMAND_LINE else f"the aspect of {origin}, {change}"
+    ui.info(f"note: {change}")
+
+
 def make_images(command: str, prompt: str | None, image_paths: list[str], *, preset, steps, cfg, part_cfg, size,
                 aspect, seeds, count, cot, cot_tokens, out, out_dir, overwrite, from_, model, device, dtype, backend,
                 as_json, quiet, debug) -> None:
@@ -59,7 +94,7 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
             command = "edit"  # reproducing an edit: its inputs come from the recipe
             inputs = recipe_inputs(recipe, from_)
         else:
-            inputs = [InputImage.open(p) for p in image_paths]
+            inputs = InputImage.open_all(image_paths)
         recorded = Layer.from_recipe(recipe, str(from_)) if recipe is not None else None
         # The preset is recorded as it was named, so a replay is byte-identical; its values come from the recipe.
         named = [settings.preset_layer(preset)] if preset is not None else []
@@ -71,7 +106,9 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
             raise UsageError("the prompt is empty; describe the image you want (or pass --from FILE.png)")
         fallback_seed = recipe.get("seed") if recipe is not None else None
         seed_list = settings.plan_seeds(settings.parse_seeds(seeds), count, fallback_seed)
-        outputs = settings.plan_outputs(seed_list, prompt, out, out_dir, overwrite)
+        to_stdout = out is not None and Path(out) == PIPE
+        outputs = (stdout_output(len(seed_list), out_dir, as_json) if to_stdout
+                   else settings.plan_outputs(seed_list, prompt, out, out_dir, overwrite))
 
         model_name, revision = model_from(model, recipe, config)
         session = Session(ui, model_name, values, revision).load()
@@ -79,11 +116,14 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
         if recorded_hash and session.model_identity.get("folder_hash") not in (None, recorded_hash):
             ui.warn(f"the weights in {session.model.path} differ from the ones {from_} was made with; "
                     "the image will not be the same")
+        say_shape_change(ui, session, values, inputs)
         with ui.progress():
             for k, (seed, path) in enumerate(zip(seed_list, outputs)):
                 job = ImageJob(command, prompt, seed, path, values, inputs, overwrite,
                                label=f"image {k + 1}/{len(seed_list)}" if len(seed_list) > 1 else "")
-                emit(session.run_image(job), as_json)
+                result = session.run_image(job)
+                if not to_stdout:  # there the PNG is all that stdout carries
+                    emit(result, as_json)
 
 
 def gen(
@@ -132,7 +172,7 @@ def gen(
 
 def edit(
     args: Annotated[list[str], typer.Argument(metavar="IMAGE... PROMPT",
-                                              help="The image(s) to edit, then the instruction.", show_default=False)],
+                                              help="The image(s) to edit (- reads one from stdin), then the instruction.", show_default=False)],
     preset: opt.Preset = None,
     steps: opt.Steps = None,
     cfg: opt.Cfg = None,

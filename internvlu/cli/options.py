@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from internvlu import presets
 from internvlu.limits import DEVICES, DTYPE_NAMES, HEAD_BACKENDS, MAX_SIDE, MIN_SIDE
 
 MODEL_PANEL = "Model and device"
@@ -72,7 +73,7 @@ Quiet = Annotated[bool, typer.Option(
 Debug = Annotated[bool, typer.Option(
     "--debug", help="Show the full traceback when something fails.", rich_help_panel=OUTPUT_PANEL)]
 Out = Annotated[Optional[Path], typer.Option(
-    "--output", "-o", metavar="FILE.png", help="Write the image to this file (one image only).",
+    "--output", "-o", metavar="FILE.png", help="Write the image to this file (one image only); - writes the PNG to stdout, for a pipe.",
     rich_help_panel=OUTPUT_PANEL)]
 OutDir = Annotated[Optional[Path], typer.Option(
     "--out-dir", "-d", metavar="DIR",
@@ -85,7 +86,7 @@ Overwrite = Annotated[bool, typer.Option(
 
 Preset = Annotated[Optional[str], typer.Option(
     "--preset", "-p", metavar="NAME",
-    help="Named settings: fast, balanced, quality, poster, lowvram, or your own (internvlu presets list).",
+    help=f"Named settings: {', '.join(presets.builtin_names())}, or your own (internvlu presets list).",
     rich_help_panel=SETTINGS_PANEL)]
 Steps = Annotated[Optional[int], typer.Option(
     "--steps", metavar="N", help="Denoising steps. \\[default: 20]", show_default=False, rich_help_panel=SETTINGS_PANEL)]

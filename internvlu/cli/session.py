@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +27,7 @@ import internvlu
 from internvlu.cli import registry
 from internvlu.cli.ui import UI, printable
 from internvlu.errors import UsageError
-from internvlu.images import file_sha256, load_image, save_png
+from internvlu.images import PIPE, decode_image, file_sha256, load_image, save_png
 from internvlu.runtime.settings import COMMAND_LINE, GenerationSettings, LoadSettings
 
 
@@ -44,15 +46,29 @@ def check_not_a_path(text: str, usage: str) -> None:
 
 @dataclass
 class InputImage:
-    path: Path
+    path: Path  # PIPE ("-") for an image read from standard input
     sha256: str
     image: object  # PIL.Image.Image
 
     @classmethod
     def open(cls, path: str | Path) -> "InputImage":
+        """A file, or standard input for `-` (read once, fully, then decoded with a file's checks)."""
+        if str(path) == str(PIPE):
+            if sys.stdin is None or sys.stdin.isatty():
+                raise UsageError("- reads the image from standard input, which is a terminal; pipe an image into it "
+                                 "(e.g. convert in.jpg png:- | internvlu edit - PROMPT) or pass a file")
+            data = sys.stdin.buffer.read()
+            return cls(PIPE, hashlib.sha256(data).hexdigest(), decode_image(data, "standard input (-)"))
         path = Path(path).expanduser()
         image = load_image(path)
         return cls(path.resolve(), file_sha256(path), image)
+
+    @classmethod
+    def open_all(cls, paths: Sequence[str | Path]) -> list["InputImage"]:
+        """Each input image; standard input at most once (a second read would find it empty)."""
+        if sum(str(p) == str(PIPE) for p in paths) > 1:
+            raise UsageError("- (standard input) is given more than once; it holds one image, pass the others as files")
+        return [cls.open(p) for p in paths]
 
     def record(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "width": self.image.width, "height": self.image.height}
@@ -132,6 +148,26 @@ def stdout_writer(stream: TextIO) -> Callable[[str, bool], None]:
     return write
 
 
+# ---- presets made for GPUs, on a CPU -----------------------------------------------------------------
+
+def fit_to_device(settings: GenerationSettings, device: str) -> tuple[GenerationSettings, list[str]]:
+    """On the CPU, the GPU-only parts of a preset or config (not of a flag) are dropped, each with a notice:
+    bfloat16/float16 run slower than float32 there, and torch.compile costs about 30 s for little gain."""
+    if device != "cpu":
+        return settings, []
+    load, notices = settings.load, []
+    dtype_origin = settings.source("dtype")
+    if load.dtype not in ("auto", "float32") and dtype_origin != COMMAND_LINE:
+        notices.append(f"{dtype_origin} asks for {load.dtype}, slower than float32 on the CPU: using float32 "
+                       f"(--dtype {load.dtype} insists)")
+        load = replace(load, dtype="float32")
+    if load.compile:
+        notices.append(f"{settings.source('compile')} asks to compile the head, which costs about 30 s on the CPU for "
+                       "little gain: skipped")
+        load = replace(load, compile=False)
+    return replace(settings, load=load), notices
+
+
 # ---- the session -------------------------------------------------------------------------------------
 
 class Session:
@@ -162,7 +198,10 @@ class Session:
         from internvlu.runtime.pipeline import InternVLUPipeline
 
         start = time.perf_counter()
-        wanted = self.requested
+        self.settings, notices = fit_to_device(self.settings, self.requested.device)
+        if notices:
+            self.ui.info(f"note: {'; '.join(notices)}")
+        wanted = self.requested = self.settings.load_here()
         self.model = registry.resolve(self.model_name, self.revision, notify=self.ui.info)
         self.ui.info(f"loading model {self.model.id} ({wanted.dtype}, {wanted.device})")
         try:
@@ -201,7 +240,7 @@ class Session:
 
     def check(self, settings: GenerationSettings) -> None:
         """Refuse settings whose load-time part this loaded model cannot honour (VAE tiling it can switch)."""
-        reason = settings.mismatch(self.requested)
+        reason = fit_to_device(settings, self.device)[0].mismatch(self.requested)
         if reason:
             raise UsageError(reason)
 
@@ -238,7 +277,7 @@ class Session:
                 self.ui.block(f"reasoning ({label})", "".join(thought_chunks))
 
         streamer = text_streamer(self.pipe.tokenizer, on_thought, on_token) if cot else None
-        self.ui.info(f"generating {job.out.name} ({width}x{height}, {image.steps} steps, "
+        self.ui.info(f"generating {'the image for standard output' if job.out == PIPE else job.out.name} ({width}x{height}, {image.steps} steps, "
                      f"seed {job.seed}{', chain of thought first' if cot else ''})")
         start = time.perf_counter()
         try:

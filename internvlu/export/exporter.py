@@ -30,6 +30,7 @@ from internvlu.export import onnx_head, quantize
 from internvlu.images import file_sha256
 from internvlu.runtime import checkpoint, export_manifest
 from internvlu.runtime.onnx_step import OnnxRuntimeStep
+from internvlu.runtime.optional import optional_module
 
 HEADS = ("onnx", "trt", "none")
 BACKBONES = ("int8", "int4", "none")
@@ -69,6 +70,20 @@ def check_head_against_torch(head: torch.nn.Module, path: Path) -> list[dict]:
     return results
 
 
+def require_extras(backbone: str, head: str) -> None:
+    """Every optional library the export will use, imported now: a missing one fails in a second, before the copy
+    and the model load, not minutes into the export."""
+    if backbone != "none":
+        optional_module("bitsandbytes", f"--backbone {backbone}")
+    if head != "none":  # trt builds its engine from the ONNX export, checked in ONNX Runtime
+        for name in ("onnx", "onnxscript", "onnxruntime"):
+            optional_module(name, f"--head {head}")
+    if head == "trt":
+        from internvlu.export import tensorrt_engine
+
+        tensorrt_engine.require()
+
+
 def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, head: str, overwrite: bool = False,
                  log: Callable[[str], None] = print) -> dict:
     """Build the export of checkpoint folder `source` into `out_dir`; returns the manifest."""
@@ -81,10 +96,7 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise UsageError(f"{out_dir} exists and is not empty; choose a new folder or pass --overwrite")
-    if head == "trt":
-        from internvlu.export import tensorrt_engine
-
-        tensorrt_engine.require()
+    require_extras(backbone, head)
     started = time.perf_counter()
     staging = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)

@@ -57,7 +57,7 @@ def example_inputs(head: nn.Module, batch: int, image_tokens: int, text_tokens: 
 def export_head(head: nn.Module, path: Path) -> None:
     """Write the float32 denoise step of `head` to `path` (an `.onnx` file)."""
     for name in ("onnx", "onnxscript"):  # torch's exporter needs both: fail with our message, not deep inside torch
-        optional_module(name, "ONNX export needs onnx and onnxscript: pip install 'internvlu[onnx]'")
+        optional_module(name, "ONNX export")
     if head.dtype != torch.float32:
         raise ValueError("export the head from a float32 model")
     batch, tokens, text = (torch.export.Dim(n) for n in ("batch", "image_tokens", "text_tokens"))

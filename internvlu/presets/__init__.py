@@ -170,6 +170,11 @@ class PresetFile:
     source: str  # "built-in" or "user"
 
 
+def builtin_names() -> list[str]:
+    """The built-in presets, from their files (what `--help` lists; user presets are found at run time)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
+
+
 def preset_files() -> dict[str, PresetFile]:
     """Every preset by name; user files shadow built-ins."""
     found = {p.stem: PresetFile(p.stem, p, "built-in") for p in sorted(BUILTIN_DIR.glob("*.json"))}

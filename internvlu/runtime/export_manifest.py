@@ -22,6 +22,7 @@ from pathlib import Path
 from internvlu.errors import CheckpointError
 from internvlu.images import file_sha256
 from internvlu.paths import cache_dir
+from internvlu.runtime.optional import missing_extra
 
 FILE = "manifest.json"
 FORMAT = "internvlu-export"
@@ -119,8 +120,7 @@ def check_backbone_runtime(folder: Path, manifest: dict) -> None:
         return
     built, here = backbone.get("bitsandbytes"), library_version("bitsandbytes")
     if here is None:
-        raise CheckpointError(f"{folder} has an {backbone['quantization']} backbone, which needs bitsandbytes: "
-                              "pip install 'internvlu[quant]'")
+        raise missing_extra("bitsandbytes", f"{folder} has an {backbone['quantization']} backbone, which")
     if _minor(built) != _minor(here):
         raise CheckpointError(f"{folder} was quantized with bitsandbytes {built}, this is {here}; rebuild it with "
                               f"`internvlu export {manifest.get('source', {}).get('model', 'MODEL')} --backbone "

@@ -18,7 +18,7 @@ OUTPUT_NAME = "velocity_tokens"
 
 
 def onnxruntime():
-    return optional_module("onnxruntime", "the ONNX backend needs onnxruntime: pip install 'internvlu[onnx]'")
+    return optional_module("onnxruntime", "the ONNX backend")
 
 
 class OnnxRuntimeStep:

@@ -1,4 +1,8 @@
-"""Optional extras (bitsandbytes, onnx/onnxscript, onnxruntime, TensorRT): import one, or say which extra to install."""
+"""Optional extras (bitsandbytes, onnx/onnxscript, onnxruntime, TensorRT): import one, or say which extra to install.
+
+A missing extra is a `UsageError` (exit 2) wherever it is met, at export or at load: the fix is the user's,
+one `pip install`, not a failure of the run.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,18 @@ from types import ModuleType
 
 from internvlu.errors import UsageError
 
+# The pip extra of internvlu that provides each optional module.
+EXTRAS = {"bitsandbytes": "quant", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "tensorrt": "trt"}
 
-def optional_module(name: str, message: str) -> ModuleType:
-    """`import name`, or a `UsageError(message)` when the optional extra that provides it is not installed."""
+
+def missing_extra(module: str, needed_by: str) -> UsageError:
+    """"NEEDED_BY needs MODULE: pip install 'internvlu[EXTRA]'"."""
+    return UsageError(f"{needed_by} needs {module}: pip install 'internvlu[{EXTRAS[module]}]'")
+
+
+def optional_module(name: str, needed_by: str) -> ModuleType:
+    """`import name`, or `missing_extra(name, needed_by)` when the optional extra that provides it is not installed."""
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise UsageError(message) from exc
+        raise missing_extra(name, needed_by) from exc

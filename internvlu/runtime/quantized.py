@@ -28,7 +28,7 @@ LOGIT_BLOCK_ROWS = 8192
 
 
 def bitsandbytes():
-    return optional_module("bitsandbytes", "quantized backbones need bitsandbytes: pip install 'internvlu[quant]'")
+    return optional_module("bitsandbytes", "a quantized backbone")
 
 
 def quantizable_linears(vlm: nn.Module) -> dict[str, nn.Linear]:

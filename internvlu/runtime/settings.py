@@ -17,6 +17,7 @@ Light on purpose (no torch at import): the CLI imports it before it knows whethe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -114,6 +115,26 @@ class ImageSettings:
             width, height = max(MIN_SIDE, int(width * scale)), max(MIN_SIDE, int(height * scale))
         return width, height
 
+    def shape_change(self, model_size: tuple[int, int], input_size: tuple[int, int] | None = None) -> str | None:
+        """What `shape` rounded or clamped without being asked to, in words (None when nothing): an aspect ratio
+        that sides in multiples of MIN_SIDE cannot hit, an input larger than MAX_SIDE."""
+        if self.size is not None:
+            return None
+        width, height = self.shape(model_size, input_size)
+        base_width, base_height = input_size or model_size
+        if self.aspect is not None:
+            a, b = self.aspect
+            if abs(width * b - height * a) <= 0.01 * height * a:  # within 1%: the ratio asked for
+                return None
+            ratio = math.gcd(width, height)
+            return (f"{_number_text(a)}:{_number_text(b)} at {'the input' if input_size else 'this model'}'s "
+                    f"{base_width}x{base_height} pixel count gives {width}x{height} ({width // ratio}:{height // ratio}): "
+                    f"sides are multiples of {MIN_SIDE}")
+        if (width, height) != (base_width, base_height):
+            return (f"the input is {base_width}x{base_height} and outputs are at most {MAX_SIDE} per side, so the image "
+                    f"is {width}x{height}; pass --size to choose")
+        return None
+
     def concrete(self, model_size: tuple[int, int], input_size: tuple[int, int] | None = None) -> "ImageSettings":
         """Every value the pipeline gets, the model's defaults filled in: what the recipe records."""
         from internvlu.runtime.pipeline import COT_MODE_DEFAULTS, IMAGE_MODE_DEFAULTS
@@ -185,6 +206,10 @@ class GenerationSettings:
         if image.cot:
             recipe["max_new_tokens"] = image.max_new_tokens
         return {**recipe, "preset": self.preset, **{key: getattr(self.load, key) for key in LOAD_KEYS}}
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _text(value: object) -> str:

@@ -22,7 +22,7 @@ def require():
     if not torch.cuda.is_available():
         raise UsageError("--head trt builds a TensorRT engine for this machine's NVIDIA GPU, and none is available; "
                          "use --head onnx here and build the engine on the GPU host")
-    return optional_module("tensorrt", "--head trt needs TensorRT: pip install 'internvlu[trt]' on the GPU host")
+    return optional_module("tensorrt", "a TensorRT engine (built and run on the GPU host)")
 
 
 def gpu_identity() -> tuple[str, str]:

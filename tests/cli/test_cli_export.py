@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 import pytest
 
@@ -143,3 +144,27 @@ def test_backend_onnx_on_a_plain_checkpoint_says_how_to_export(tmp_path):
                      "-o", tmp_path / "a.png", timeout=120)
     assert result.returncode == 2
     one_line_error(result, "internvlu export MODEL --head onnx")
+
+
+@pytest.mark.parametrize("flags, module, extra", [
+    (["--backbone", "int8"], "bitsandbytes", "quant"),
+    (["--head", "onnx"], "onnxscript", "onnx"),
+    (["--head", "onnx"], "onnxruntime", "onnx"),
+])
+def test_a_missing_extra_is_exit_2_before_the_model_loads(cli, tmp_path, monkeypatch, flags, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError, as when not installed
+    result = cli("export", GOLDEN / "tiny_pipeline", *flags, "--out", tmp_path / "out")
+    assert result.code == 2
+    assert result.stderr == f"error: {flags[0]} {flags[1]} needs {module}: pip install 'internvlu[{extra}]'\n"
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_a_quantized_export_without_bitsandbytes_is_exit_2_like_export(exported, cli, monkeypatch):
+    from internvlu.runtime import export_manifest
+
+    real = export_manifest.library_version
+    monkeypatch.setattr(export_manifest, "library_version", lambda name: None if name == "bitsandbytes" else real(name))
+    result = cli("gen", "a fox", "--model", exported[0], *FAST, "-o", "fox.png", "-q")
+    assert result.code == 2
+    assert result.stderr == (f"error: {exported[0]} has an int8 backbone, which needs bitsandbytes: "
+                             "pip install 'internvlu[quant]'\n")

@@ -189,7 +189,9 @@ def test_from_replays_a_tiled_lowvram_image_bit_for_bit(cli, model_dir, user_dir
     with open("tiled.png", "rb") as a, open("again.png", "rb") as b:
         assert a.read() == b.read()
     recipe = read_recipe("tiled.png")
-    assert (recipe["vae_tiling"], recipe["offload"], recipe["dtype"], recipe["backend"]) == (True, True, "bfloat16", "torch")
+    # lowvram's bfloat16 is for GPUs: on the CPU it keeps float32 (test_cli_device_fit.py)
+    expected_dtype = "float32" if recipe["device"] == "cpu" else "bfloat16"
+    assert (recipe["vae_tiling"], recipe["offload"], recipe["dtype"], recipe["backend"]) == (True, True, expected_dtype, "torch")
     (user_dirs["config"] / "presets").mkdir(parents=True)
     (user_dirs["config"] / "presets" / "whole.json").write_text(json.dumps({"vae_tiling": False}))
     assert cli("gen", "--from", "tiled.png", "--preset", "whole", "-o", "whole.png").code == 0  # a preset overrides it
@@ -229,3 +231,22 @@ def test_notices_only_when_the_user_can_act_on_them(cli, model_dir):
     assert chosen.code == 0 and "chain of thought capped" in chosen.stderr
     quiet = cli("gen", "a cube " * 25, "--model", model_dir, *FAST, "--cot", "--cot-tokens", 500, "-q", "-o", "c.png")
     assert quiet.code == 0 and quiet.stderr == ""
+
+
+def test_an_aspect_that_sides_in_multiples_of_16_cannot_hit_is_said_once(cli, model_dir):
+    result = cli("gen", "x", "--model", model_dir, "--aspect", "16:9", "--steps", 1, "-o", "wide.png")
+    assert result.code == 0, result
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --aspect 16:9 at this model's 96x64 pixel count gives 112x64 (7:4): sides are multiples of 16"]
+    with Image.open("wide.png") as image:
+        assert image.size == (112, 64)
+    assert "note:" not in cli("gen", "x", "--model", model_dir, "--aspect", "3:2", "--steps", 1, "-o", "exact.png").stderr
+    assert cli("gen", "x", "--model", model_dir, "--aspect", "16:9", "--steps", 1, "-q", "-o", "q.png").stderr == ""
+
+
+def test_an_edit_input_wider_than_any_output_is_scaled_down_with_a_note(cli, model_dir, tmp_path):
+    Image.new("RGB", (5000, 100), "red").save(tmp_path / "strip.png")
+    result = cli("edit", tmp_path / "strip.png", "make it blue", "--model", model_dir, "--steps", 1, "-o", "out.png")
+    assert result.code == 0, result
+    assert ("note: the input is 5000x100 and outputs are at most 4096 per side, so the image is 4096x81; pass --size "
+            "to choose\n") in result.stderr
