@@ -29,8 +29,9 @@ from internvlu.cli import options as opt
 from internvlu.cli import settings
 from internvlu.cli.ask import ANSWER_TOKENS
 from internvlu.cli.gen import model_from
-from internvlu.cli.session import ImageJob, InputImage, Session, stdout_writer
-from internvlu.cli.ui import UI, emit
+from internvlu.cli.results import SCHEMA, printed_path, result_from_recipe
+from internvlu.cli.session import ImageJob, InputImage, Session
+from internvlu.cli.ui import UI, emit, printable
 from internvlu.errors import InternVLUError, UsageError
 from internvlu.images import atomic_write, file_sha256, read_recipe, remove_stale_temps
 from internvlu.limits import MAX_SEED
@@ -216,13 +217,17 @@ def batch(
     {"mode": "edit", "prompt": "make it night", "image": "day.png", "seed": 1, "out": "night.png"}.
     Image paths are relative to the current folder, outputs to --out-dir.
     Options apply to every job; a job's own keys win.
+    Prints one line per job that ran: the absolute path of the file it wrote, or
+    "job N (ask): ANSWER" for an answer written to no file. With --json, one object per job
+    with "job", "line", "command" (gen, edit or ask), "status" (ok, skipped or failed) and its
+    "path", "answer" or "error".
     Exit code 0 when every job succeeded (or was skipped with --resume), 1 otherwise.
 
     Examples:
 
       internvlu batch prompts.txt --out-dir renders/ --preset fast
 
-      internvlu batch jobs.jsonl --resume --json | jq -r .path
+      internvlu batch jobs.jsonl --resume --json | jq -r 'select(.status == "ok") | .path // .answer'
     """
     opt.set_debug(debug)
     ui = UI(quiet)
@@ -252,12 +257,15 @@ def batch(
                 session.load()  # a model that cannot load stops the batch
         counts = {"ok": 0, "skipped": 0, "failed": 0}
 
-        def report(job: BatchJob, status: str, **extra) -> None:
+        def report(job: BatchJob, status: str, outcome: dict) -> None:
             counts[status] += 1
             if as_json:
-                emit({"job": job.number, "line": job.line, "mode": job.mode, "status": status, **extra}, True)
+                emit(batch_line(job, status, outcome), True)
+            elif status == "ok":
+                sys.stdout.write(plain_line(job, outcome) + "\n")
+                sys.stdout.flush()
             if status == "failed":
-                ui.warn(f"{job.name} failed: {extra['error']}")
+                ui.warn(f"{job.name} failed: {outcome['error']}")
             elif status == "skipped":
                 ui.info(f"{job.name}: skipped, {job.path} exists")
 
@@ -267,21 +275,20 @@ def batch(
                 try:
                     inputs = prepare(job, resume, overwrite)
                     if inputs is None:
-                        report(job, "skipped", path=str(job.path))
+                        report(job, "skipped", finished_result(job))
                     elif job.mode == "ask":
-                        report(job, "ok", **run_ask_job(session, job, inputs, as_json, overwrite))
+                        report(job, "ok", run_ask_job(session, job, inputs, overwrite))
                     else:
-                        result = session.run_image(ImageJob(job.mode, job.prompt, job.seed, job.path, job.resolved,
-                                                            inputs, overwrite, label=f"job {job.number}"))
-                        if not as_json:
-                            emit(result, False)
-                        report(job, "ok", **result)
+                        report(job, "ok", session.run_image(ImageJob(job.mode, job.prompt, job.seed, job.path,
+                                                                     job.resolved, inputs, overwrite,
+                                                                     label=f"job {job.number}")))
                 except InternVLUError as exc:
-                    report(job, "failed", error=str(exc))
+                    report(job, "failed", {"error": str(exc)})
                 except Exception as exc:  # a bug hit by one job must not sink the others
                     if opt.State.debug:
                         ui.console.print_exception()
-                    report(job, "failed", error=f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
+                    report(job, "failed", {"error": f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and "
+                                                    "report it"})
                 finally:
                     ui.bars.advance(overall)
         ui.info(f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}: {counts['ok']} ok, {counts['skipped']} skipped, "
@@ -389,16 +396,37 @@ def why_not_finished(job: BatchJob, flags: Layer, base_seed: int | None) -> str 
     return None
 
 
-def run_ask_job(session: Session, job: BatchJob, inputs: list[InputImage], as_json: bool, overwrite: bool) -> dict:
-    stream = None if as_json or job.path is not None else stdout_writer(sys.stdout)
-    result = session.run_ask(job.prompt, inputs, ANSWER_TOKENS, seed=job.seed, write=stream)
+def run_ask_job(session: Session, job: BatchJob, inputs: list[InputImage], overwrite: bool) -> dict:
+    result = session.run_ask(job.prompt, inputs, ANSWER_TOKENS, seed=job.seed)
     if job.path is not None:
         if job.path.suffix.lower() == ".json":
             data = json.dumps(result, ensure_ascii=False, indent=2) + "\n"
         else:
             data = result["answer"] + "\n"
         atomic_write(job.path, data.encode("utf-8"), overwrite=overwrite)
-        result = {"path": str(job.path), **result}
-        if not as_json:
-            emit(result, False)
+        result = {**result, "path": printed_path(job.path)}
     return result
+
+
+def finished_result(job: BatchJob) -> dict:
+    """What a job skipped by --resume made before: an image's result read from its recipe, an answer from its file
+    (`why_not_finished` has checked that both read)."""
+    if job.mode != "ask":
+        return result_from_recipe(read_recipe(job.path), job.path)
+    text = job.path.read_text(encoding="utf-8")
+    answer = json.loads(text).get("answer") if job.path.suffix.lower() == ".json" else text.strip()
+    return {"schema": SCHEMA, "command": "ask", "question": job.prompt, "answer": answer, "path": printed_path(job.path)}
+
+
+def batch_line(job: BatchJob, status: str, outcome: dict) -> dict:
+    """One --json line: which job, its status, then what it made (a result, as gen or ask prints it) or its error."""
+    return {"schema": SCHEMA, "job": job.number, "line": job.line, "command": job.mode, "status": status, **outcome}
+
+
+def plain_line(job: BatchJob, result: dict) -> str:
+    """What plain batch prints for a job that ran: the absolute path of the file it wrote, or, for an answer that
+    went to no file, `job N (ask): ANSWER` (a line break in the answer is followed by two spaces, so every line
+    not starting with a space is one job's)."""
+    if "path" in result:
+        return result["path"]
+    return f"job {job.number} (ask): " + printable(result["answer"]).replace("\n", "\n  ")

@@ -13,7 +13,7 @@ from internvlu.cli import settings
 from internvlu.cli.gen import model_from
 from internvlu.cli.session import Session
 from internvlu.cli.ui import UI, emit
-from internvlu.errors import UsageError
+from internvlu.errors import InternVLUError, UsageError
 from internvlu.images import atomic_write, exists_error, png_bytes
 from internvlu.limits import MAX_SEED, MAX_STEPS
 from internvlu.runtime.settings import resolve
@@ -41,12 +41,14 @@ def evaluate(
     Text-to-image attributes (object, colour, position, count) are read back from the pixels; words by
     Tesseract OCR; edits by success and PSNR outside the edit; answers by exact match; reasoning prompts
     with and without chain of thought. Prompts come from a held-out split that training never sees.
+    Without Tesseract, words and the word edits are skipped and the report names them under "skipped".
+    A line per finished task goes to stderr.
 
     Example:
 
       internvlu eval --model nano --prompts 200 --out-dir eval/
     """
-    from internvlu.train.evaluate import TASKS, EvalSettings, Evaluator
+    from internvlu.train.evaluate import TASKS, EvalSettings, Evaluator, unmet_needs
 
     opt.set_debug(debug)
     ui = UI(quiet)
@@ -60,6 +62,8 @@ def evaluate(
         for path in targets.values():
             if path.exists() and not overwrite:
                 raise exists_error(path)
+    for part, reason in unmet_needs(chosen).items():
+        ui.warn(f"{part} will not be scored: {reason}")
     with ui.capture_logs():
         config = settings.load_config()
         model_name, _ = model_from(model, None, config)
@@ -77,3 +81,8 @@ def evaluate(
         if grid is not None:
             atomic_write(targets["grid"], png_bytes(grid), overwrite)
     emit(report, True)
+    failed = report.get("failed")
+    if failed:  # after the report is out: the other tasks' scores are kept
+        first = next(iter(failed.values()))
+        raise InternVLUError(f"task{'s' if len(failed) > 1 else ''} {', '.join(failed)} failed ({first}); the other "
+                             "tasks' scores are in the report")

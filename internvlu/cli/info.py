@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from internvlu.cli import options as opt
+from internvlu.cli.results import result_from_recipe
 from internvlu.cli.ui import emit, printable
 from internvlu.images import read_recipe
 
@@ -41,6 +42,8 @@ def info(
 ) -> None:
     """Show how an image was made: prompt, chain of thought, seed, settings, model, inputs.
 
+    With --json, one object per file: the one gen --json printed when the image was made, less its timings.
+
     Example:
 
       internvlu info fox.png
@@ -48,6 +51,6 @@ def info(
     for path in files:
         recipe = read_recipe(path)
         if as_json:
-            emit({"path": str(path), **recipe}, True)
+            emit(result_from_recipe(recipe, path), True)
         else:
             sys.stdout.write(describe(path, recipe) + "\n")

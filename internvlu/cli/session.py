@@ -25,14 +25,13 @@ from typing import TextIO
 
 import internvlu
 from internvlu.cli import registry
+from internvlu.cli.results import SCHEMA, result_from_recipe
 from internvlu.cli.ui import UI, printable
 from internvlu.errors import UsageError
 from internvlu.images import PIPE, decode_image, file_sha256, load_image, save_png
 from internvlu.runtime.settings import COMMAND_LINE, GenerationSettings, LoadSettings
 
 
-# The recipe keys a --json result repeats under "settings".
-RESULT_SETTINGS = ("steps", "cfg", "part_cfg", "width", "height", "max_new_tokens", "preset", "dtype", "device")
 # Above this many parameters an image takes minutes on a CPU (the full model has 4 B; nano draws in a second).
 SLOW_ON_CPU_PARAMETERS = 500_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -314,12 +313,8 @@ class Session:
         start = time.perf_counter()
         save_png(result.images[0], job.out, recipe, overwrite=job.overwrite)
         save_s = time.perf_counter() - start
-        return {
-            "path": str(job.out), "seed": job.seed, "command": job.command, "prompt": job.prompt, "cot": thought,
-            "inputs": recipe["inputs"], "settings": {k: recipe[k] for k in RESULT_SETTINGS if k in recipe},
-            "model": self.model_identity,
-            "timings": {"load_s": round(self.load_s, 3), "generate_s": round(generate_s, 3), "save_s": round(save_s, 3)},
-        }
+        timings = {"load_s": round(self.load_s, 3), "generate_s": round(generate_s, 3), "save_s": round(save_s, 3)}
+        return result_from_recipe(recipe, job.out, timings)
 
     # -- understanding ---------------------------------------------------------------------------------
 
@@ -341,7 +336,7 @@ class Session:
             )
         answer_s = time.perf_counter() - start
         return {
-            "question": question, "answer": result.texts[0].strip(), "inputs": [i.record() for i in inputs],
+            "schema": SCHEMA, "command": "ask", "question": question, "answer": result.texts[0].strip(), "inputs": [i.record() for i in inputs],
             "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                          "dtype": self.dtype, "device": self.device},
             "model": self.model_identity,

@@ -11,6 +11,8 @@ import pytest
 
 from .helpers import FAST, one_line_error, pixels, start_cli
 from internvlu.cli.batch import parse_jobs
+from internvlu.cli.results import SCHEMA
+from internvlu.cli.ui import printable
 from internvlu.images import read_recipe
 
 
@@ -23,7 +25,8 @@ def test_plain_prompts_from_stdin_with_a_base_seed(cli, model_dir, tmp_path):
     result = cli("batch", "-", "--model", model_dir, *FAST, "--seed", 100, "--out-dir", "out",
                  input="# two prompts\na red circle\n\na blue square\n")
     assert result.code == 0, result
-    assert result.stdout.splitlines() == [os.path.join("out", "0001-a-red-circle.png"), os.path.join("out", "0002-a-blue-square.png")]
+    assert result.stdout.splitlines() == [os.path.join(os.getcwd(), "out", "0001-a-red-circle.png"),
+                                          os.path.join(os.getcwd(), "out", "0002-a-blue-square.png")]
     assert [read_recipe(p)["seed"] for p in result.stdout.splitlines()] == [100, 101]
     assert "2 jobs: 2 ok, 0 skipped, 0 failed" in result.stderr
 
@@ -147,7 +150,8 @@ def test_a_byte_order_mark_and_crlf_line_ends_keep_json_jobs_json(cli, model_dir
     jobs.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
     result = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
     assert result.code == 0, result
-    assert [r["path"] for r in result.json_lines()] == [os.path.join("out", "fox.png"), os.path.join("out", "0002-a-boat.png")]
+    assert [r["path"] for r in result.json_lines()] == [os.path.join(os.getcwd(), "out", "fox.png"),
+                                                        os.path.join(os.getcwd(), "out", "0002-a-boat.png")]
     assert (read_recipe("out/fox.png")["prompt"], read_recipe("out/fox.png")["seed"]) == ("a fox", 7)
 
 
@@ -206,3 +210,42 @@ def test_a_job_preset_keeps_the_batch_load_settings_it_does_not_name(cli, model_
     fast, untiled = read_recipe("out/fast.png"), read_recipe("out/untiled.png")
     assert (fast["steps"], fast["vae_tiling"], fast["preset"]) == (10, True, "fast")
     assert (untiled["steps"], untiled["vae_tiling"], untiled["preset"]) == (1, False, "tiled")
+
+
+def test_every_json_line_says_its_job_command_status_and_what_it_made(cli, model_dir, photo, tmp_path):
+    """`jq .path` used to print null for answers and failures; each line now names its job and carries its path,
+    its answer or its error, and a skipped image reads its result back from the recipe."""
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "a fox", "seed": 1, "out": "fox.png"},
+                      {"mode": "ask", "prompt": "what is it?", "image": str(photo)},
+                      {"mode": "ask", "prompt": "and now?", "image": str(photo), "out": "answer.txt"},
+                      {"prompt": "typo", "stepz": 3})
+    first = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
+    assert first.code == 1, first
+    image, answer, written, failed = first.json_lines()
+    fox = os.path.join(os.getcwd(), "out", "fox.png")
+    assert {k: image[k] for k in ("schema", "job", "line", "command", "status", "path", "prompt", "seed")} == \
+        {"schema": SCHEMA, "job": 1, "line": 1, "command": "gen", "status": "ok", "path": fox, "prompt": "a fox", "seed": 1}
+    assert {k: answer[k] for k in ("schema", "job", "line", "command", "status", "question")} == \
+        {"schema": SCHEMA, "job": 2, "line": 2, "command": "ask", "status": "ok", "question": "what is it?"}
+    assert isinstance(answer["answer"], str) and "path" not in answer
+    assert (written["command"], written["status"], written["path"]) == ("ask", "ok", os.path.join(os.getcwd(), "out", "answer.txt"))
+    assert set(failed) == {"schema", "job", "line", "command", "status", "error"}
+    assert (failed["job"], failed["command"], failed["status"]) == (4, "gen", "failed") and "stepz" in failed["error"]
+
+    resumed = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--resume", "--json")
+    image_again, _, written_again, _ = resumed.json_lines()
+    made_now = {key: value for key, value in image.items() if key != "timings"}  # a skipped job took no time
+    assert image_again == {**made_now, "status": "skipped"}
+    assert written_again == {"schema": SCHEMA, "job": 3, "line": 3, "command": "ask", "status": "skipped",
+                             "question": "and now?", "answer": written["answer"], "path": written["path"]}
+
+
+def test_plain_output_labels_answers_and_prints_absolute_paths(cli, model_dir, photo, tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", {"prompt": "a fox", "seed": 1},
+                      {"mode": "ask", "prompt": "what is it?", "image": str(photo)})
+    as_json = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
+    answer = as_json.json_lines()[1]["answer"]
+    plain = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--overwrite")
+    assert plain.code == 0, plain
+    assert plain.stdout == (os.path.join(os.getcwd(), "out", "0001-a-fox.png") + "\n"
+                            + "job 2 (ask): " + printable(answer).replace("\n", "\n  ") + "\n")

@@ -18,7 +18,7 @@ from internvlu.images import file_sha256, read_recipe
 def test_gen_writes_a_png_with_its_full_recipe(cli, model_dir):
     result = cli("gen", "a red fox in the snow", "--model", model_dir, *FAST, "--seed", 7, "-o", "fox.png")
     assert result.code == 0, result
-    assert result.stdout == "fox.png\n"
+    assert result.stdout == os.path.join(os.getcwd(), "fox.png") + "\n"  # absolute, as every printed path
     with Image.open("fox.png") as image:
         assert image.size == (64, 64) and image.mode == "RGB"
     recipe = read_recipe("fox.png")
@@ -37,7 +37,8 @@ def test_json_output_is_one_object_per_image_and_logs_go_to_stderr(cli, model_di
     assert result.code == 0, result
     lines = result.json_lines()
     assert [r["seed"] for r in lines] == [5, 6]
-    assert [r["path"] for r in lines] == [os.path.join("outs", "a-lighthouse-5.png"), os.path.join("outs", "a-lighthouse-6.png")]
+    assert [r["path"] for r in lines] == [os.path.join(os.getcwd(), "outs", "a-lighthouse-5.png"),
+                                          os.path.join(os.getcwd(), "outs", "a-lighthouse-6.png")]
     for r in lines:
         assert os.path.isfile(r["path"])
         assert r["settings"]["steps"] == 2 and r["settings"]["width"] == 64
@@ -139,7 +140,7 @@ def test_edit_with_chain_of_thought(cli, model_dir, photo):
 
 def test_quiet_prints_nothing_on_stderr(cli, model_dir):
     result = cli("gen", "x", "--model", model_dir, *FAST, "-q", "-o", "q.png")
-    assert result.code == 0 and result.stderr == "" and result.stdout == "q.png\n"
+    assert result.code == 0 and result.stderr == "" and result.stdout == os.path.join(os.getcwd(), "q.png") + "\n"
 
 
 def test_progress_bars_follow_the_denoising_steps_on_a_terminal(cli, model_dir, monkeypatch):

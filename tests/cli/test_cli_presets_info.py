@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from .helpers import FAST, one_line_error
 from internvlu import presets
-from internvlu.images import read_recipe
+from internvlu.cli.results import SCHEMA, SETTING_KEYS
+from internvlu.images import RECIPE_KEY, read_recipe
+from internvlu.runtime.settings import GenerationSettings, ImageSettings
+
+
+def recipe_chunk(recipe: dict) -> PngInfo:
+    info = PngInfo()
+    info.add_itxt(RECIPE_KEY, json.dumps(recipe))
+    return info
 
 BUILT_IN = {"fast", "balanced", "quality", "poster", "lowvram"}
 
@@ -63,8 +73,37 @@ def test_info_prints_the_recipe(cli, model_dir):
     for text in ("prompt: a quiet harbour", "seed: 9", "size: 64x64", "steps: 2", "vae_tiling: False", "model: ",
                  "internvlu_version", "gen --from h.png"):
         assert text in result.stdout
-    (as_json,) = cli("info", "h.png", "--json").json_lines()
-    assert as_json["path"] == "h.png" and as_json["seed"] == 9 and as_json["prompt"] == "a quiet harbour"
+
+
+def test_info_json_is_the_result_gen_printed_without_its_timings(cli, model_dir):
+    """One schema: info reads back from the PNG exactly what gen --json said when it made it."""
+    made = cli("gen", "a quiet harbour", "--model", model_dir, *FAST, "--seed", 9, "-o", "h.png", "--json")
+    (gen_result,) = made.json_lines()
+    (info_result,) = cli("info", "h.png", "--json").json_lines()
+    assert info_result == {key: value for key, value in gen_result.items() if key != "timings"}
+    assert (info_result["schema"], info_result["path"], info_result["cot"]) == (SCHEMA, os.path.join(os.getcwd(), "h.png"), None)
+    assert list(info_result["settings"]) == list(SETTING_KEYS)
+    assert (info_result["settings"]["steps"], info_result["settings"]["width"], info_result["settings"]["mode"]) == (2, 64, "image")
+
+
+def test_info_json_reads_a_recipe_older_than_some_keys(cli):
+    """A recipe from before load settings, versions and chains of thought were recorded: every key is still there."""
+    old = {"command": "gen", "prompt": "an old fox", "seed": 3, "mode": "image", "steps": 50, "cfg": 4.0,
+           "width": 512, "height": 512}
+    Image.new("RGB", (8, 8)).save("old.png", pnginfo=recipe_chunk(old))
+    (result,) = cli("info", "old.png", "--json").json_lines()
+    assert result == {"schema": SCHEMA, "command": "gen", "path": os.path.join(os.getcwd(), "old.png"),
+                      "prompt": "an old fox", "seed": 3, "cot": None,
+                      "settings": {**dict.fromkeys(SETTING_KEYS), "mode": "image", "steps": 50, "cfg": 4.0, "width": 512,
+                                   "height": 512},
+                      "model": {}, "inputs": [], "internvlu_version": None}
+
+
+def test_the_result_settings_are_exactly_the_recipe_settings():
+    """`SETTING_KEYS` lists by hand what `to_recipe` writes: a key added there must be added here."""
+    drawn = GenerationSettings(image=ImageSettings(steps=2, cfg=1.0, part_cfg=1.0, size=(64, 64), cot=True,
+                                                   max_new_tokens=8))
+    assert set(drawn.to_recipe()) == set(SETTING_KEYS)
 
 
 def test_info_on_files_without_a_recipe(cli, tmp_path):
