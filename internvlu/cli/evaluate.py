@@ -20,7 +20,7 @@ from internvlu.runtime.settings import resolve
 
 
 def evaluate(
-    prompts: Annotated[int, typer.Option("--prompts", "-p", min=1, max=10000, help="Held-out prompts per task.")] = 200,
+    prompts: Annotated[int, typer.Option("--prompts", min=1, max=10000, help="Held-out prompts per task.")] = 200,
     steps: Annotated[int, typer.Option("--steps", min=1, max=MAX_STEPS, help="Denoising steps per image.")] = 20,
     tasks: Annotated[Optional[str], typer.Option(
         "--tasks", metavar="LIST", help="Comma-separated subset of t2i,words,edit,qa,reasoning (default: all).")] = None,
