@@ -16,7 +16,7 @@ from internvlu.errors import ModelNotFoundError, UsageError
 
 app = typer.Typer(help="Download, list and remove models.", no_args_is_help=True)
 
-Yes = Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", metavar="", help="Delete without asking.")]
 
 
 def human_size(size: int) -> str:
@@ -74,7 +74,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
 @app.command()
 def pull(
-    name: Annotated[str, typer.Argument(metavar="[REPO_ID]", help="Hugging Face repo id, or tiny.")] = "InternVL-U/InternVL-U",
+    name: Annotated[str, typer.Argument(metavar="REPO_ID", help="Hugging Face repo id, or tiny.")] = "InternVL-U/InternVL-U",
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit. \\[default: main]",
                                                     show_default=False)] = None,
     as_json: opt.Json = False,

@@ -52,26 +52,26 @@ Model = Annotated[Optional[str], typer.Option(
          "plumbing), a checkpoint folder, or a Hugging Face repo id such as InternVL-U/InternVL-U. "
          "Default: the config file's, else nano.", rich_help_panel=MODEL_PANEL)]
 Device = Annotated[Optional[DeviceChoice], typer.Option(
-    "--device", help="Where to run: auto picks cuda, then mps, then cpu.",
-    case_sensitive=False, show_default="auto", rich_help_panel=MODEL_PANEL)]
+    "--device", help="Where to run: auto picks cuda, then mps, then cpu. \\[default: auto]",
+    case_sensitive=False, show_default=False, rich_help_panel=MODEL_PANEL)]
 Dtype = Annotated[Optional[DtypeChoice], typer.Option(
-    "--dtype", help="Weight precision: auto is bfloat16 on CUDA and float32 elsewhere.",
-    case_sensitive=False, show_default="auto", rich_help_panel=MODEL_PANEL)]
+    "--dtype", help="Weight precision: auto is bfloat16 on CUDA and float32 elsewhere. \\[default: auto]",
+    case_sensitive=False, show_default=False, rich_help_panel=MODEL_PANEL)]
 Backend = Annotated[Optional[BackendChoice], typer.Option(
     "--backend", help="Runs the image head's denoise step: torch, onnx (ONNX Runtime) or trt (TensorRT); auto uses "
-    "what `internvlu export` put in the model folder when it can run on this device, else torch.",
-    case_sensitive=False, show_default="auto",
+    "what `internvlu export` put in the model folder when it can run on this device, else torch. \\[default: auto]",
+    case_sensitive=False, show_default=False,
     rich_help_panel=MODEL_PANEL)]
 
 # ---- output and logging ---------------------------------------------------------------------------
 
 Json = Annotated[bool, typer.Option(
-    "--json", help="Print one JSON object per result on stdout (progress and logs stay on stderr).",
+    "--json", metavar="", help="Print one JSON object per result on stdout (progress and logs stay on stderr).",
     rich_help_panel=OUTPUT_PANEL)]
 Quiet = Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No progress bars and no notices; errors still print.", rich_help_panel=OUTPUT_PANEL)]
+    "--quiet", "-q", metavar="", help="No progress bars and no notices; errors still print.", rich_help_panel=OUTPUT_PANEL)]
 Debug = Annotated[bool, typer.Option(
-    "--debug", help="Show the full traceback when something fails.", rich_help_panel=OUTPUT_PANEL)]
+    "--debug", metavar="", help="Show the full traceback when something fails.", rich_help_panel=OUTPUT_PANEL)]
 Out = Annotated[Optional[Path], typer.Option(
     "--output", "-o", metavar="FILE.png", help="Write the image to this file (one image only); - writes the PNG to stdout, for a pipe.",
     rich_help_panel=OUTPUT_PANEL)]
@@ -80,7 +80,7 @@ OutDir = Annotated[Optional[Path], typer.Option(
     help="Folder for the images, named from the prompt and seed; created if needed. \\[default: current folder]",
     show_default=False, rich_help_panel=OUTPUT_PANEL)]
 Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace existing output files (never done without this flag).", rich_help_panel=OUTPUT_PANEL)]
+    "--overwrite", metavar="", help="Replace existing output files (never done without this flag).", rich_help_panel=OUTPUT_PANEL)]
 
 # ---- generation settings ----------------------------------------------------------------------------
 
@@ -110,7 +110,7 @@ Count = Annotated[Optional[int], typer.Option(
     "-n", "--count", metavar="N", help="Number of images, with consecutive seeds from --seed. \\[default: 1]",
     show_default=False, rich_help_panel=SETTINGS_PANEL)]
 Cot = Annotated[Optional[bool], typer.Option(
-    "--cot/--no-cot", help="Reason about the prompt first (chain of thought), print it, then draw.",
+    "--cot/--no-cot", metavar="", help="Reason about the prompt first (chain of thought), print it, then draw.",
     show_default=False, rich_help_panel=SETTINGS_PANEL)]
 CotTokens = Annotated[Optional[int], typer.Option(
     "--cot-tokens", metavar="N", help="Longest chain of thought, in tokens. \\[default: 200]",
