@@ -35,9 +35,14 @@ def test_every_command_has_help(cli, command):
 
 
 def test_json_goes_to_stdout_and_logs_to_stderr(model_dir):
+    started = time.perf_counter()
     result = run_cli("gen", "a kite", "--model", model_dir, *FAST, "--seed", 3, "-n", 2, "--json")
+    wall = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
+    # start-up (interpreter and imports, before the model load) is reported, and is part of the wall time
+    timings = lines[0]["timings"]
+    assert 0 < timings["startup_s"] and timings["startup_s"] + timings["load_s"] + timings["generate_s"] < wall
     assert [line["seed"] for line in lines] == [3, 4]
     assert read_recipe(lines[1]["path"])["seed"] == 4
     assert "loading model" in result.stderr
