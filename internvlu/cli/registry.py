@@ -26,6 +26,9 @@ from internvlu.paths import cache_dir
 EMBEDDED = ("nano", "tiny")
 PACKAGED = ("nano",)  # shipped inside the package; the others are built on first use
 DEFAULT_MODEL = "nano"
+# Output sides (pixels) an embedded model was trained to draw; outside them it draws little of the prompt
+# (nano: internvlu.train.losses.ANY_RESOLUTIONS, checked by a test). Real checkpoints state no such range.
+TRAINED_SIDES = {"nano": (48, 96)}
 
 
 def embedded_dir(name: str) -> Path:
@@ -48,6 +51,15 @@ class ModelRef:
     kind: str  # "embedded", "folder" or "hub"
     path: Path
     revision: str | None = None
+
+    def untrained_size_note(self, width: int, height: int) -> str | None:
+        """A notice when an embedded model is asked for a size it was not trained on, said before the work."""
+        sides = TRAINED_SIDES.get(self.id) if self.kind == "embedded" else None
+        if sides is None or all(sides[0] <= side <= sides[1] for side in (width, height)):
+            return None
+        return (f"note: {self.id} was trained on images of {sides[0]}-{sides[1]} px per side; at {width}x{height} it "
+                f"draws little of the prompt (and takes longer): --size 64x64 suits it, and the full model "
+                f"(--model InternVL-U/InternVL-U) draws large images")
 
     def identity(self) -> dict:
         """What an output records: enough to find the same weights again and to notice if they changed."""

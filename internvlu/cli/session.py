@@ -272,6 +272,9 @@ class Session:
                                             (job.inputs[0].image.width, job.inputs[0].image.height) if job.inputs else None)
         drawn = replace(job.settings, image=image, load=self.loaded)  # what the recipe records
         (width, height), cot = image.size, image.cot
+        note = self.model.untrained_size_note(width, height)
+        if note:
+            self.ui.info(note)
         label = job.label or f"seed {job.seed}"
         bars = self.ui.bars
         thought_task = bars.add_task(f"{label}: thinking", total=image.max_new_tokens) if cot else None

@@ -251,3 +251,23 @@ def test_an_edit_input_wider_than_any_output_is_scaled_down_with_a_note(cli, mod
     assert result.code == 0, result
     assert ("note: the input is 5000x100 and outputs are at most 4096 per side, so the image is 4096x81; pass --size "
             "to choose\n") in result.stderr
+
+
+def test_the_embedded_nano_says_so_before_drawing_a_size_it_was_not_trained_on(cli):
+    large = cli("gen", "a red circle", "--steps", 1, "--size", "160x128", "--seed", 1, "-o", "large.png")
+    assert large.code == 0
+    note = [line for line in large.stderr.splitlines() if "was trained on" in line]
+    assert note == ["note: nano was trained on images of 48-96 px per side; at 160x128 it draws little of the "
+                    "prompt (and takes longer): --size 64x64 suits it, and the full model "
+                    "(--model InternVL-U/InternVL-U) draws large images"]
+    assert large.stderr.index(note[0]) < large.stderr.index("generating")  # said before the work
+    trained = cli("gen", "a red circle", "--steps", 1, "--size", "96x64", "--seed", 1, "-o", "trained.png")
+    assert trained.code == 0 and "was trained on" not in trained.stderr
+
+
+def test_nano_trained_sides_follow_the_training_resolutions():
+    from internvlu.cli.registry import TRAINED_SIDES
+    from internvlu.train.losses import ANY_RESOLUTIONS
+
+    sides = [side for size in ANY_RESOLUTIONS for side in size]
+    assert TRAINED_SIDES["nano"] == (min(sides), max(sides))
