@@ -42,7 +42,7 @@ def test_json_output_is_one_object_per_image_and_logs_go_to_stderr(cli, model_di
     for r in lines:
         assert os.path.isfile(r["path"])
         assert r["settings"]["steps"] == 2 and r["settings"]["width"] == 64
-        assert set(r["timings"]) == {"load_s", "generate_s", "save_s"}
+        assert set(r["timings"]) == {"startup_s", "load_s", "generate_s", "save_s"}
         assert r["model"]["kind"] == "folder"
     assert "loading model" in result.stderr and "\x1b[" not in result.stderr
 
