@@ -149,7 +149,8 @@ def atomic_write(path: Path, data: bytes, overwrite: bool = False) -> Path:
         raise exists_error(path)
     temp = None
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=folder)
+        # The writer's pid in the name tells a live writer's temporary file from one a killed run left.
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -208,12 +209,27 @@ def _umask() -> int:
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Temporary files a killed run left for `path` (a live run of the same output would clash anyway)."""
-    for temp in Path(path).parent.glob(f".{Path(path).name}.*{TEMP_SUFFIX}"):
+    """Temporary files a killed run left for `path`. Another live process's are left alone: removing one would
+    make its rename fail with "no such file" instead of the clean "exists" of two writers of one name."""
+    prefix = f".{Path(path).name}."
+    for temp in Path(path).parent.glob(f"{prefix}*{TEMP_SUFFIX}"):
+        writer = temp.name[len(prefix):].split(".", 1)[0]
+        if writer.isdigit() and int(writer) != os.getpid() and _process_alive(int(writer)):
+            continue
         try:
             temp.unlink()
         except OSError:
             pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def png_bytes(image: Image.Image, recipe: dict | None = None) -> bytes:

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from PIL import Image
 
-from internvlu.images import TEMP_SUFFIX
+from internvlu.images import TEMP_SUFFIX, remove_stale_temps
 
 from .helpers import FAST, one_line_error, start_cli
 from .test_cli_batch import write_jobs
@@ -91,6 +92,25 @@ def test_two_writers_in_one_folder_never_clobber_each_other(tmp_path, model_dir)
         with Image.open(tmp_path / "out" / name) as image:
             assert json.loads(image.text["internvlu"])["seed"] == {"a": 100, "b": 200}[winners[0]] + i
     _no_partials(tmp_path / "out")
+
+
+def test_stale_temporaries_are_removed_but_a_live_writers_are_kept(tmp_path):
+    """Why two writers can end in a clean "exists": a job clears the temporaries a killed run left for its name,
+    never one another live process is about to rename into place."""
+    live = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        target = tmp_path / "shared.png"
+        names = {"live": f".shared.png.{live.pid}.abc{TEMP_SUFFIX}", "dead": f".shared.png.{dead.pid}.abc{TEMP_SUFFIX}",
+                 "ours": f".shared.png.{os.getpid()}.abc{TEMP_SUFFIX}", "unnamed": f".shared.png.abc{TEMP_SUFFIX}"}
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"partial")
+        remove_stale_temps(target)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [names["live"]]
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_out_of_memory_names_the_ways_out(cli, model_dir, tmp_path, monkeypatch):
