@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -26,9 +27,9 @@ from internvlu.paths import cache_dir
 EMBEDDED = ("nano", "tiny")
 PACKAGED = ("nano",)  # shipped inside the package; the others are built on first use
 DEFAULT_MODEL = "nano"
-# Output sides (pixels) an embedded model was trained to draw; outside them it draws little of the prompt
-# (nano: internvlu.train.losses.ANY_RESOLUTIONS, checked by a test). Real checkpoints state no such range.
-TRAINED_SIDES = {"nano": (48, 96)}
+# Embedded models trained on the procedural world's image sizes (internvlu.train.world.IMAGE_SIZES): outside
+# them they draw little of the prompt. Real checkpoints state no such range.
+TRAINED_ON_THE_WORLD = ("nano",)
 
 
 def embedded_dir(name: str) -> Path:
@@ -52,14 +53,37 @@ class ModelRef:
     path: Path
     revision: str | None = None
 
+    def trained_sizes(self) -> tuple[tuple[int, int], ...] | None:
+        """(width, height) of every size an embedded model was trained to draw; None for any other model."""
+        if self.kind != "embedded" or self.id not in TRAINED_ON_THE_WORLD:
+            return None
+        from internvlu.train.world import IMAGE_SIZES
+
+        return IMAGE_SIZES
+
+    def _outside_training(self, width: int, height: int) -> bool:
+        sizes = self.trained_sizes()
+        if sizes is None:
+            return False
+        sides = [side for size in sizes for side in size]
+        return not all(min(sides) <= side <= max(sides) for side in (width, height))
+
     def untrained_size_note(self, width: int, height: int) -> str | None:
         """A notice when an embedded model is asked for a size it was not trained on, said before the work."""
-        sides = TRAINED_SIDES.get(self.id) if self.kind == "embedded" else None
-        if sides is None or all(sides[0] <= side <= sides[1] for side in (width, height)):
+        if not self._outside_training(width, height):
             return None
-        return (f"note: {self.id} was trained on images of {sides[0]}-{sides[1]} px per side; at {width}x{height} it "
-                f"draws little of the prompt (and takes longer): --size 64x64 suits it, and the full model "
+        sides = [side for size in self.trained_sizes() for side in size]
+        return (f"note: {self.id} was trained on images of {min(sides)}-{max(sides)} px per side; at {width}x{height} "
+                f"it draws little of the prompt (and takes longer): --size 64x64 suits it, and the full model "
                 f"(--model InternVL-U/InternVL-U) draws large images")
+
+    def edit_draw_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """Where an edit of this size should be drawn, to be resized back after: the trained size of the nearest
+        aspect ratio, for an embedded model asked for a size outside its training; else None (draw as asked).
+        A function of the size alone, so a replay of the recipe draws the same."""
+        if not self._outside_training(width, height):
+            return None
+        return min(self.trained_sizes(), key=lambda size: (abs(math.log(size[0] / size[1] * height / width)), -size[0] * size[1]))
 
     def identity(self) -> dict:
         """What an output records: enough to find the same weights again and to notice if they changed."""

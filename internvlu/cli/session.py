@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TextIO
 
 import internvlu
+from PIL import Image
+
 from internvlu.cli import registry
 from internvlu.cli.results import SCHEMA, result_from_recipe
 from internvlu.cli.ui import UI, printable
@@ -272,9 +274,14 @@ class Session:
                                             (job.inputs[0].image.width, job.inputs[0].image.height) if job.inputs else None)
         drawn = replace(job.settings, image=image, load=self.loaded)  # what the recipe records
         (width, height), cot = image.size, image.cot
-        note = self.model.untrained_size_note(width, height)
-        if note:
+        # An embedded model edits at a size it was trained on and the result is resized back (P15's LANCZOS).
+        draw_size = self.model.edit_draw_size(width, height) if job.command == "edit" else None
+        if draw_size is not None:
+            self.ui.info(f"note: {self.model.id} edits at {draw_size[0]}x{draw_size[1]}, a size it was trained on, "
+                         f"and the result is resized to {width}x{height}")
+        elif note := self.model.untrained_size_note(width, height):
             self.ui.info(note)
+        draw_width, draw_height = draw_size or (width, height)
         label = job.label or f"seed {job.seed}"
         bars = self.ui.bars
         thought_task = bars.add_task(f"{label}: thinking", total=image.max_new_tokens) if cot else None
@@ -305,7 +312,7 @@ class Session:
                     job.prompt,
                     image=[[i.image for i in job.inputs]] if job.inputs else None,
                     generation_mode="text_image" if cot else "image",
-                    height=height, width=width, num_inference_steps=image.steps,
+                    height=draw_height, width=draw_width, num_inference_steps=image.steps,
                     all_cfg_scale=image.cfg, part_cfg_scale=image.part_cfg,
                     generator=torch.Generator("cpu").manual_seed(job.seed),
                     # the model's default length unless a layer named one (so only a chosen length warns when capped)
@@ -331,7 +338,10 @@ class Session:
             "inputs": [i.record() for i in job.inputs],
         }
         start = time.perf_counter()
-        save_png(result.images[0], job.out, recipe, overwrite=job.overwrite)
+        picture = result.images[0]
+        if picture.size != (width, height):
+            picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+        save_png(picture, job.out, recipe, overwrite=job.overwrite)
         save_s = time.perf_counter() - start
         timings = {"startup_s": self.startup_s, "load_s": round(self.load_s, 3), "generate_s": round(generate_s, 3),
                    "save_s": round(save_s, 3)}

@@ -235,13 +235,12 @@ def flow_loss(pipe: InternVLUPipeline, drawn: tuple[list[FlowItem], list[int]], 
 
 # ---- one step's data -------------------------------------------------------------------------------------
 
-ANY_RESOLUTIONS = ((64, 64), (64, 96), (96, 64), (80, 80), (48, 64), (64, 48))
 
 
 def draw_step(rng: random.Random, tasks: dict[str, int], any_resolution: bool) -> dict[str, object]:
     """Everything a training step takes from its random stream, task by task (pure CPU work: a data worker
     can run it for a later step while the model trains on this one)."""
-    width, height = rng.choice(ANY_RESOLUTIONS) if any_resolution else (world.IMAGE_SIZE, world.IMAGE_SIZE)
+    width, height = rng.choice(world.IMAGE_SIZES) if any_resolution else (world.IMAGE_SIZE, world.IMAGE_SIZE)
     drawn: dict[str, object] = {}
     for task, batch in tasks.items():
         if task == "vae":

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from PIL import Image, ImageDraw, ImageFont
 
 IMAGE_SIZE = 64
+# (width, height) of the images the head learns to draw from stage 2 on (stage 1: IMAGE_SIZE square).
+IMAGE_SIZES = ((64, 64), (64, 96), (96, 64), (80, 80), (48, 64), (64, 48))
 GRID = 3
 COLOURS = {
     "red": (220, 38, 38),

@@ -265,9 +265,17 @@ def test_the_embedded_nano_says_so_before_drawing_a_size_it_was_not_trained_on(c
     assert trained.code == 0 and "was trained on" not in trained.stderr
 
 
-def test_nano_trained_sides_follow_the_training_resolutions():
-    from internvlu.cli.registry import TRAINED_SIDES
-    from internvlu.train.losses import ANY_RESOLUTIONS
+def test_the_embedded_nano_edits_at_a_trained_size_and_resizes_back(cli, tmp_path):
+    from PIL import Image
 
-    sides = [side for size in ANY_RESOLUTIONS for side in size]
-    assert TRAINED_SIDES["nano"] == (min(sides), max(sides))
+    Image.new("RGB", (160, 120), (30, 90, 200)).save(tmp_path / "wide.png")
+    edited = cli("edit", tmp_path / "wide.png", "make it red", "--steps", 1, "--seed", 2, "-o", "edited.png")
+    assert edited.code == 0
+    assert "note: nano edits at 64x48, a size it was trained on, and the result is resized to 160x120" in edited.stderr
+    small = cli("edit", tmp_path / "wide.png", "make it red", "--steps", 1, "--seed", 2, "--size", "64x48", "-o", "small.png")
+    assert small.code == 0 and "note" not in small.stderr
+    with Image.open("edited.png") as big, Image.open("small.png") as drawn:
+        assert big.size == (160, 120)
+        assert big.tobytes() == drawn.convert("RGB").resize((160, 120), Image.Resampling.LANCZOS).tobytes()
+    replay = cli("gen", "--from", "edited.png", "-o", "again.png")
+    assert replay.code == 0 and pixels("again.png") == pixels("edited.png")
