@@ -103,6 +103,24 @@ def test_nan_weights(ckpt):
     assert "NaN" in load_error(ckpt)
 
 
+def test_finite_weights_are_checked_once_per_unchanged_file(ckpt, monkeypatch):
+    """The NaN/infinity pass over every weight runs on the first load of a file and again only once it changed."""
+    from internvlu.runtime import checkpoint
+
+    passes = []
+    isfinite = torch.isfinite
+    monkeypatch.setattr(checkpoint.torch, "isfinite", lambda t: passes.append(t.numel()) or isfinite(t))
+    InternVLUPipeline.from_pretrained(ckpt)
+    first = len(passes)
+    assert first > 0
+    InternVLUPipeline.from_pretrained(ckpt)
+    assert len(passes) == first  # nothing read again
+    def poison(tensors):
+        tensors["decoder.img_in.weight"][0, 0] = float("inf")
+    rewrite(ckpt / "generation_decoder" / "model.safetensors", poison)  # a new file: new inode and mtime
+    assert "NaN or infinite" in load_error(ckpt)
+
+
 def test_integer_weights_refused(ckpt):
     rewrite(ckpt / "vlm" / "model.safetensors", lambda t: t.update({"mlp1.1.bias": torch.zeros(64, dtype=torch.int32)}))
     assert "dtype" in load_error(ckpt)

@@ -24,9 +24,11 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from internvlu.errors import CheckpointError, ModelNotFoundError
+from internvlu.runtime.file_facts import FileFacts
 
 COMPONENTS = ("vlm", "generation_decoder", "vae", "scheduler", "processor")
 DEFAULT_REPO_ID = "InternVL-U/InternVL-U"
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors codes of the weights a module is given
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
@@ -152,6 +154,9 @@ class WeightSource(Mapping):
     def file_of(self, name: str) -> Path:
         return self._files[name]
 
+    def float_tensors_of(self, path: Path) -> set[str]:
+        return {name for name, file in self._files.items() if file == path and self.dtype_name(name) in FLOAT_DTYPES}
+
 
 @contextmanager
 def build_empty() -> Iterator[None]:
@@ -187,14 +192,23 @@ def assign_weights(
                 f"{weights.file_of(full)}: tensor `{full}` has shape {weights.shape(full)} but the config implies "
                 f"{list(expected[name])}"
             )
-        if weights.dtype_name(full) not in ("F32", "F16", "BF16", "F64"):
+        if weights.dtype_name(full) not in FLOAT_DTYPES:
             raise CheckpointError(f"{weights.file_of(full)}: tensor `{full}` has dtype {weights.dtype_name(full)}, expected a float type")
-    state = {}
+    # Every value is checked for NaN and infinity once per file; while the file is unchanged that is remembered
+    # (`FileFacts`), so later loads skip a pass that reads every weight.
+    facts = FileFacts()
+    state, checked = {}, {}
     for name, full in provided.items():
-        tensor = weights[full]
-        if not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{weights.file_of(full)}: tensor `{full}` contains NaN or infinite values; the weights are corrupt")
+        tensor, path = weights[full], weights.file_of(full)
+        if facts.recall(path, "finite") is not True:
+            if not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{path}: tensor `{full}` contains NaN or infinite values; the weights are corrupt")
+            checked.setdefault(path, set()).add(full)
         state[name] = tensor.to(dtype)
+    for path, names in checked.items():
+        if names == weights.float_tensors_of(path):
+            facts.learn(path, "finite", True)
+    facts.save()
     module.load_state_dict(state, strict=False, assign=True)
     leftover = [name for name, t in module.named_parameters() if t.is_meta and not ignore(name)]
     if leftover:

@@ -6,22 +6,19 @@ bitsandbytes release, a TensorRT engine built by another TensorRT release or for
 file the manifest lists (every file of the export: weights, graphs, engines, configs, tokenizer) whose
 bytes no longer match their recorded size and SHA-256 are refused with a one-line hint to rebuild.
 
-Hashing gigabytes on every load would cost seconds, so a file's verified hash is remembered in the cache
-folder together with its size, inode and modification time; a file whose stat changed is hashed again.
-(Someone who edits a file and then restores its modification time by hand is not caught.)
+Hashing gigabytes on every load would cost seconds, so a verified hash is remembered until the file changes
+(`runtime.file_facts`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from internvlu.errors import CheckpointError
 from internvlu.images import file_sha256
-from internvlu.paths import cache_dir
+from internvlu.runtime.file_facts import FileFacts
 from internvlu.runtime.optional import missing_extra
 
 FILE = "manifest.json"
@@ -63,9 +60,8 @@ def read(folder: Path) -> dict | None:
 
 def verify_artifacts(folder: Path, manifest: dict, names: list[str] | None = None) -> None:
     """The recorded size and SHA-256 of each artifact in `names` (default: all the manifest lists) must match the
-    bytes on disk."""
-    remembered = _remembered_hashes()
-    learned = {}
+    bytes on disk; a file verified before and unchanged since is not hashed again (`FileFacts`)."""
+    facts = FileFacts()
     for name in manifest["artifacts"] if names is None else names:
         record = manifest["artifacts"].get(name)
         path = Path(folder) / name
@@ -73,45 +69,13 @@ def verify_artifacts(folder: Path, manifest: dict, names: list[str] | None = Non
             raise CheckpointError(f"{folder / FILE} does not record `{name}`; re-export the model")
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; re-export the model")
-        stat = path.stat()
-        key, identity = str(path.resolve()), [stat.st_size, stat.st_ino, stat.st_mtime_ns]
-        known = remembered.get(key)
-        if known == {"stat": identity, "sha256": record["sha256"]}:
+        if facts.recall(path, "sha256") == record["sha256"]:
             continue
-        if stat.st_size != record.get("bytes") or file_sha256(path) != record["sha256"]:
+        if path.stat().st_size != record.get("bytes") or file_sha256(path) != record["sha256"]:
             raise CheckpointError(f"{path} does not match its manifest (modified or truncated); re-export the model, "
                                   "and do not load it as it is")
-        learned[key] = {"stat": identity, "sha256": record["sha256"]}
-    if learned:
-        _remember_hashes({**remembered, **learned})
-
-
-def _hashes_file() -> Path:
-    return cache_dir() / "verified-artifacts.json"
-
-
-def _remembered_hashes() -> dict:
-    try:
-        data = json.loads(_hashes_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _remember_hashes(hashes: dict) -> None:
-    """Best effort: a cache folder that cannot be written only means hashing again next time."""
-    path = _hashes_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".verified-", dir=path.parent)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(hashes, f)
-        os.replace(temporary, path)
-    except OSError:
-        Path(temporary).unlink(missing_ok=True)
+        facts.learn(path, "sha256", record["sha256"])
+    facts.save()
 
 
 def check_backbone_runtime(folder: Path, manifest: dict) -> None:
