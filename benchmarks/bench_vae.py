@@ -1,0 +1,52 @@
+"""VAE encode and decode of one image with the 2-D path for single frames and with diffusers' 3-D path, side by
+side in one process (best of N after a warm-up); one JSON line with the times and the largest difference.
+
+    python -m internvlu.synthetic /tmp/small --size small && python benchmarks/bench_vae.py /tmp/small --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from internvlu import InternVLUPipeline
+from internvlu.runtime.vae import use_planar_convolutions
+
+
+def best_of(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    vae = InternVLUPipeline.from_pretrained(args.model, torch_dtype=torch.float32).vae
+    pixels = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = vae.encode(pixels)
+    result = {"benchmark": "vae", "model": args.model, "size": args.size, "threads": torch.get_num_threads()}
+    outputs = {}
+    for path in ("planar", "3d"):
+        use_planar_convolutions(vae.model, path == "planar")
+        result[f"encode_{path}_s"] = round(best_of(lambda: vae.encode(pixels), args.runs), 3)
+        result[f"decode_{path}_s"] = round(best_of(lambda: vae.decode(latents), args.runs), 3)
+        outputs[path] = (vae.encode(pixels), vae.decode(latents))
+    result["encode_speedup"] = round(result["encode_3d_s"] / result["encode_planar_s"], 2)
+    result["decode_speedup"] = round(result["decode_3d_s"] / result["decode_planar_s"], 2)
+    result["max_abs_difference"] = max(float((a - b).abs().max()) for a, b in zip(outputs["planar"], outputs["3d"]))
+    print(json.dumps(result, separators=(",", ":")), flush=True)
+
+
+if __name__ == "__main__":
+    main()
