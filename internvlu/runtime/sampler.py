@@ -53,9 +53,10 @@ def sample(
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     latents = noise
     timesteps = scheduler.timesteps
+    on_host = [int(t) for t in timesteps.cpu()]  # one transfer, not a device sync per step for the guidance branch
     for index, t in enumerate(timesteps):
         full, text_dropped, all_dropped = velocity(latents, t)
-        guided = guide(full, text_dropped, all_dropped, int(t), all_cfg_scale, part_cfg_scale)
+        guided = guide(full, text_dropped, all_dropped, on_host[index], all_cfg_scale, part_cfg_scale)
         latents = scheduler.step(guided, t, latents, return_dict=False)[0]
         if callback is not None:
             callback(index, len(timesteps), latents)
