@@ -8,8 +8,8 @@ bad job is reported and the others still run.
 
 The model loads once, with the batch's settings. A job may turn VAE tiling on or off; a job whose keys or
 preset ask for another dtype, offload or compile is refused with the reason (the model, device and backend
-belong to the whole batch). A job's output is complete exactly when its file exists (files are renamed
-into place), which is what `--resume` relies on.
+belong to the whole batch). Files are renamed into place, so one under a job's name is whole or foreign:
+`--resume` skips a job only when its file decodes and carries that job's recipe.
 """
 
 from __future__ import annotations
@@ -317,8 +317,10 @@ def plan_settings(job: BatchJob, config: dict, flags: Layer, batch_preset: Layer
     job.resolved = resolve(layers, preset=job.preset or base.preset)
     job.error = job.resolved.mismatch(session.requested)
     if job.seed is None and job.mode != "ask":
-        job.seed = base_seed + job.number - 1 if base_seed is not None else settings.random_seed()
-        if job.seed > MAX_SEED:
+        job.seed = derived_seed(job, base_seed)
+        if job.seed is None:
+            job.seed = settings.random_seed()
+        elif job.seed > MAX_SEED:
             job.error = f"seed {base_seed} plus the job number runs past {MAX_SEED}; pick a smaller --seed"
 
 
@@ -334,6 +336,11 @@ def prepare(job: BatchJob, resume: bool, overwrite: bool) -> list[InputImage] | 
     if job.path is not None:
         remove_stale_temps(job.path)
     return [InputImage.open(p) for p in job.images]
+
+
+def derived_seed(job: BatchJob, base_seed: int | None) -> int | None:
+    """The seed `--seed` gives a job that names none (None without `--seed`: the job draws a random one)."""
+    return None if base_seed is None else base_seed + job.number - 1
 
 
 def check_finished(jobs: list[BatchJob], flags: Layer, base_seed: int | None, overwrite: bool) -> None:
@@ -376,8 +383,7 @@ def why_not_finished(job: BatchJob, flags: Layer, base_seed: int | None) -> str 
         recipe = read_recipe(job.path)
     except UsageError:
         return "it carries no internvlu recipe"
-    seed = job.seed if job.seed is not None else None if base_seed is None else base_seed + job.number - 1
-    wanted = {"command": job.mode, "prompt": job.prompt, "seed": seed}
+    wanted = {"command": job.mode, "prompt": job.prompt, "seed": job.seed if job.seed is not None else derived_seed(job, base_seed)}
     named = {**flags.values, **job.settings}
     wanted.update({key: named[key] for key in ("steps", "cfg", "part_cfg") if key in named})
     if "size" in named:

@@ -68,9 +68,7 @@ def stdout_output(images: int, out_dir: Path | None, as_json: bool) -> list[Path
 
 def say_shape_change(ui: UI, session: Session, values, inputs: list[InputImage]) -> None:
     """One notice when the output shape is not what was asked for, before any image is drawn."""
-    decoder = session.pipe.generation_decoder.config
-    change = values.image.shape_change((decoder.gen_image_width, decoder.gen_image_height),
-                                       (inputs[0].image.width, inputs[0].image.height) if inputs else None)
+    change = values.image.shape_change(*session.shape_sources(inputs))
     if change is None:
         return
     if values.image.aspect is not None:

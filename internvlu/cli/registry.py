@@ -61,19 +61,24 @@ class ModelRef:
 
         return IMAGE_SIZES
 
-    def _outside_training(self, width: int, height: int) -> bool:
+    def _trained_sides(self) -> tuple[int, int] | None:
+        """(shortest, longest) side an embedded model was trained on; None for any other model."""
         sizes = self.trained_sizes()
         if sizes is None:
-            return False
+            return None
         sides = [side for size in sizes for side in size]
-        return not all(min(sides) <= side <= max(sides) for side in (width, height))
+        return min(sides), max(sides)
+
+    def _outside_training(self, width: int, height: int) -> bool:
+        sides = self._trained_sides()
+        return sides is not None and not all(sides[0] <= side <= sides[1] for side in (width, height))
 
     def untrained_size_note(self, width: int, height: int) -> str | None:
         """A notice when an embedded model is asked for a size it was not trained on, said before the work."""
         if not self._outside_training(width, height):
             return None
-        sides = [side for size in self.trained_sizes() for side in size]
-        return (f"note: {self.id} was trained on images of {min(sides)}-{max(sides)} px per side; at {width}x{height} "
+        shortest, longest = self._trained_sides()
+        return (f"note: {self.id} was trained on images of {shortest}-{longest} px per side; at {width}x{height} "
                 f"it draws little of the prompt (and takes longer): --size 64x64 suits it, and the full model "
                 f"(--model InternVL-U/InternVL-U) draws large images")
 

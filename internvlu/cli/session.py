@@ -256,6 +256,17 @@ class Session:
 
     # -- images ----------------------------------------------------------------------------------------
 
+    def shape_sources(self, inputs: Sequence[InputImage]) -> tuple[tuple[int, int], tuple[int, int] | None]:
+        """What an output's shape defaults to: the model's (width, height), and the first input image's (edits)."""
+        decoder = self.pipe.generation_decoder.config
+        first = inputs[0].image if inputs else None
+        return (decoder.gen_image_width, decoder.gen_image_height), ((first.width, first.height) if first else None)
+
+    def timings(self, **phases: float) -> dict:
+        """Start-up and load, then the phases of this result, in seconds."""
+        return {"startup_s": self.startup_s, "load_s": round(self.load_s, 3),
+                **{name: round(seconds, 3) for name, seconds in phases.items()}}
+
     def check(self, settings: GenerationSettings) -> None:
         """Refuse settings whose load-time part this loaded model cannot honour (VAE tiling it can switch)."""
         reason = fit_to_device(settings, self.device)[0].mismatch(self.requested)
@@ -269,9 +280,7 @@ class Session:
         self.check(job.settings)
         if job.settings.load.vae_tiling != self.loaded.vae_tiling:
             self.use_vae_tiling(job.settings.load.vae_tiling)
-        decoder = self.pipe.generation_decoder.config
-        image = job.settings.image.concrete((decoder.gen_image_width, decoder.gen_image_height),
-                                            (job.inputs[0].image.width, job.inputs[0].image.height) if job.inputs else None)
+        image = job.settings.image.concrete(*self.shape_sources(job.inputs))
         drawn = replace(job.settings, image=image, load=self.loaded)  # what the recipe records
         (width, height), cot = image.size, image.cot
         # An embedded model edits at a size it was trained on and the result is resized back (P15's LANCZOS).
@@ -343,9 +352,7 @@ class Session:
             picture = picture.resize((width, height), Image.Resampling.LANCZOS)
         save_png(picture, job.out, recipe, overwrite=job.overwrite)
         save_s = time.perf_counter() - start
-        timings = {"startup_s": self.startup_s, "load_s": round(self.load_s, 3), "generate_s": round(generate_s, 3),
-                   "save_s": round(save_s, 3)}
-        return result_from_recipe(recipe, job.out, timings)
+        return result_from_recipe(recipe, job.out, self.timings(generate_s=generate_s, save_s=save_s))
 
     # -- understanding ---------------------------------------------------------------------------------
 
@@ -371,5 +378,5 @@ class Session:
             "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
                          "dtype": self.dtype, "device": self.device},
             "model": self.model_identity,
-            "timings": {"startup_s": self.startup_s, "load_s": round(self.load_s, 3), "answer_s": round(answer_s, 3)},
+            "timings": self.timings(answer_s=answer_s),
         }

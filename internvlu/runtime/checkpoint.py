@@ -197,10 +197,12 @@ def assign_weights(
     # Every value is checked for NaN and infinity once per file; while the file is unchanged that is remembered
     # (`FileFacts`), so later loads skip a pass that reads every weight.
     facts = FileFacts()
+    known_finite = {path for path in {weights.file_of(full) for full in provided.values()}
+                    if facts.recall(path, "finite") is True}
     state, checked = {}, {}
     for name, full in provided.items():
         tensor, path = weights[full], weights.file_of(full)
-        if facts.recall(path, "finite") is not True:
+        if path not in known_finite:
             if not torch.isfinite(tensor).all():
                 raise CheckpointError(f"{path}: tensor `{full}` contains NaN or infinite values; the weights are corrupt")
             checked.setdefault(path, set()).add(full)
