@@ -15,6 +15,14 @@ MAX_ANSWER_TOKENS = 32768  # an `ask` answer
 MAX_SEED = 2**63 - 1
 MAX_ASPECT = 16  # W:H or H:W
 
+# `internvlu serve`: what one request may ask for (an image's pixels are capped by internvlu.images.MAX_PIXELS).
+MAX_PROMPT_CHARS = 20_000  # a prompt or question; the pipeline then refuses one too long for the conditioning
+MAX_IMAGES_PER_REQUEST = 10  # `n` of one request, OpenAI's own cap
+MAX_INPUT_IMAGES = 8  # images attached to one edit or question
+MAX_REQUEST_BYTES = 48 * 1024 * 1024  # a whole request body (eight 4-megapixel PNGs in base64 fit)
+DEFAULT_QUEUE = 16  # jobs waiting behind the running one, `--max-queue`
+MAX_QUEUE = 10_000
+
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 HEAD_BACKENDS = ("auto", "torch", "onnx", "trt")  # where the head's denoise step runs

@@ -1,4 +1,6 @@
-"""The package's layers run one way: cli -> (train, export, synthetic) -> runtime -> (errors, images, limits, presets).
+"""The package's layers run one way: the command root (cli.app) -> server -> cli -> (train, export, synthetic) -> runtime
+-> (errors, images, limits, presets). The server drives the CLI's session; the root registers every command, `serve`
+included.
 
 Every module under `internvlu/` is read with `ast` (no import runs), and each `internvlu.*` module it names in
 any import form, at any depth (function-level imports included), must sit in its own layer or a lower one.
@@ -17,9 +19,12 @@ LAYER_OF = {
     "internvlu.errors": 0, "internvlu.images": 0, "internvlu.limits": 0, "internvlu.paths": 0, "internvlu.presets": 0,
     "internvlu": 1, "internvlu.runtime": 1,
     "internvlu.export": 2, "internvlu.train": 2, "internvlu.synthetic": 2,
-    "internvlu.cli": 3, "internvlu.__main__": 3,
+    "internvlu.cli": 3,
+    "internvlu.server": 4,
+    "internvlu.cli.app": 5, "internvlu.__main__": 5,
 }
-LAYER_NAMES = ("base (errors, images, limits, paths, presets)", "runtime", "export/train/synthetic", "cli")
+LAYER_NAMES = ("base (errors, images, limits, paths, presets)", "runtime", "export/train/synthetic", "cli", "server",
+               "command root (cli.app)")
 
 
 def layer(module: str) -> int | None:

@@ -23,6 +23,7 @@ from internvlu.cli import ask, batch, doctor, evaluate, export, gen, info, model
 from internvlu.cli import options as opt
 from internvlu.cli.ui import print_error
 from internvlu.errors import InternVLUError, UsageError
+from internvlu.server import command as server_command
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -146,6 +147,7 @@ app.command("info", rich_help_panel="Inspect")(info.info)
 app.command("eval", rich_help_panel="Inspect")(evaluate.evaluate)
 app.command("export", rich_help_panel="Manage")(export.export)
 app.command("doctor", rich_help_panel="Inspect")(doctor.doctor)
+app.command("serve", rich_help_panel="Serve")(server_command.serve)
 app.add_typer(models.app, name="models", rich_help_panel="Manage")
 app.add_typer(presets.app, name="presets", rich_help_panel="Manage")
 

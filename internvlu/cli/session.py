@@ -86,6 +86,10 @@ class ImageJob:
     inputs: list[InputImage] = field(default_factory=list)
     overwrite: bool = False
     label: str = ""
+    # Followers besides the progress bars (the server's event streams); any of them may raise to stop the job.
+    on_step: Callable[[int, int, object], None] | None = None  # (index, total, latents) after each denoising step
+    on_token: Callable[[], None] | None = None  # after each chain-of-thought token
+    on_thought: Callable[[str, bool], None] | None = None  # (text, end) as the chain of thought's words arrive
 
 
 # ---- Ctrl-C ------------------------------------------------------------------------------------------
@@ -299,15 +303,21 @@ class Session:
         def on_step(index: int, total: int, latents) -> None:
             bars.update(step_task, completed=index + 1, total=total, refresh=True)
             self.interrupt.check()
+            if job.on_step is not None:
+                job.on_step(index, total, latents)
 
         def on_token() -> None:
             bars.advance(thought_task)
             self.interrupt.check()
+            if job.on_token is not None:
+                job.on_token()
 
         thought_chunks: list[str] = []
 
         def on_thought(text: str, end: bool) -> None:  # shown as soon as the reasoning is complete
             thought_chunks.append(text)
+            if job.on_thought is not None:
+                job.on_thought(text, end)
             if end:
                 self.ui.block(f"reasoning ({label})", "".join(thought_chunks))
 
@@ -357,14 +367,22 @@ class Session:
     # -- understanding ---------------------------------------------------------------------------------
 
     def run_ask(self, question: str, inputs: list[InputImage], max_new_tokens: int, temperature: float | None = None,
-                top_p: float | None = None, seed: int | None = None, write: Callable[[str, bool], None] | None = None) -> dict:
-        """Answer a question about the images; the answer streams to `write` as it is generated."""
+                top_p: float | None = None, seed: int | None = None, write: Callable[[str, bool], None] | None = None,
+                on_token: Callable[[], None] | None = None) -> dict:
+        """Answer a question about the images; the answer streams to `write` as it is generated, and `on_token`
+        (which may raise to stop the answer) follows each token."""
         import torch
 
         sampling = temperature is not None or top_p is not None
         if seed is not None:
             torch.manual_seed(seed)
-        streamer = text_streamer(self.pipe.tokenizer, write or (lambda text, end: None), self.interrupt.check)
+
+        def each_token() -> None:
+            self.interrupt.check()
+            if on_token is not None:
+                on_token()
+
+        streamer = text_streamer(self.pipe.tokenizer, write or (lambda text, end: None), each_token)
         start = time.perf_counter()
         with self.interrupt.soft():
             result = self.pipe(

@@ -14,7 +14,7 @@ import re
 import secrets
 import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from internvlu import presets
@@ -41,17 +41,18 @@ def load_config() -> dict:
     return presets.validate(presets.read_json_object(path), f"config file {path}", CONFIG_KEYS)
 
 
-def flag_layer(**flags) -> Layer:
-    """The settings given as flags (keys of `FLAGS`; None for a flag not given)."""
+def flag_layer(names: Mapping[str, str] = FLAGS, source: str = COMMAND_LINE, **flags) -> Layer:
+    """The settings given as flags (keys of `names`, which says how each is spelled in messages; None for a flag not
+    given). The server passes its request fields' names and its own `source`."""
     values = {key: value for key, value in flags.items() if value is not None}
     if "size" in values and "aspect" in values:
-        raise UsageError("--size and --aspect both set the output shape; pass only one")
+        raise UsageError(f"{names['size']} and {names['aspect']} both set the output shape; pass only one")
     for key, value in values.items():
         try:
             SETTING_KEYS[key](value)
         except ValueError as exc:
-            raise UsageError(f"{FLAGS[key]} {value} {exc}") from None
-    return Layer(COMMAND_LINE, values)
+            raise UsageError(f"{names[key]} {value} {exc}") from None
+    return Layer(source, values)
 
 
 def preset_layer(name: str, source: str | None = None) -> Layer:

@@ -1,4 +1,4 @@
-"""Optional extras (bitsandbytes, onnx/onnxscript, onnxruntime, TensorRT): import one, or say which extra to install.
+"""Optional extras (bitsandbytes, onnx/onnxscript, onnxruntime, TensorRT, the server's FastAPI and uvicorn): import one, or say which extra to install.
 
 A missing extra is a `UsageError` (exit 2) wherever it is met, at export or at load: the fix is the user's,
 one `pip install`, not a failure of the run.
@@ -12,7 +12,8 @@ from types import ModuleType
 from internvlu.errors import UsageError
 
 # The pip extra of internvlu that provides each optional module.
-EXTRAS = {"bitsandbytes": "quant", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "tensorrt": "trt"}
+EXTRAS = {"bitsandbytes": "quant", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "tensorrt": "trt",
+          "fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve"}
 
 
 def missing_extra(module: str, needed_by: str) -> UsageError:
