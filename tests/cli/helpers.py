@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -66,3 +68,12 @@ def one_line_error(result: Result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], result
     return errors[0]
+
+
+def png_with_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares `width` x `height` but holds almost no data (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path

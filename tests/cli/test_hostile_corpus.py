@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from internvlu.images import TEMP_SUFFIX
 
-from .helpers import FAST, one_line_error
+from .helpers import FAST, one_line_error, png_with_header
 
 EDIT = ["--size", "64x64", "--steps", "1"]
 
@@ -38,14 +37,6 @@ class Case:
 
 # ---- inputs the cases build ----------------------------------------------------------------------------
 
-
-def _png_with_header(path: Path, width: int, height: int) -> Path:
-    """A PNG that declares `width` x `height` but holds almost no data (a decompression bomb's header)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    return path
 
 
 def _image(path: Path, mode: str = "RGB", size=(64, 64), **save) -> Path:
@@ -216,7 +207,7 @@ CASES = [
     Case("image-corrupt-webp", "images", "WebP container with garbage inside",
          edit(lambda t: _file(t / "bad.webp", b"RIFF\x10\0\0\0WEBPVP8 " + b"\0" * 20)), 2, ("bad.webp", "damaged")),
     Case("image-decompression-bomb", "images", "PNG header declaring 100000x100000 pixels",
-         edit(lambda t: _png_with_header(t / "bomb.png", 100_000, 100_000)), 2, ("too large to decode safely",)),
+         edit(lambda t: png_with_header(t / "bomb.png", 100_000, 100_000)), 2, ("too large to decode safely",)),
     Case("image-not-an-image", "images", "text file named .png", edit(lambda t: _file(t / "notes.png", "hello")), 2, ("is not an image",)),
     Case("image-folder", "images", "a folder passed as the image", edit(lambda t: (t / "dir.png").mkdir() or t / "dir.png"), 2, ("is a folder",)),
     Case("image-missing", "images", "path that does not exist", edit(lambda t: t / "nowhere.png"), 2, ("not found",)),
