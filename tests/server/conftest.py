@@ -17,7 +17,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def keyed_server(tmp_path_factory):
-    running = Server(tmp_path_factory.mktemp("keyed"), api_key="s3cret-key")
+    running = Server(tmp_path_factory.mktemp("keyed"), "--cors-origin", "http://allowed.test", api_key="s3cret-key")
     yield running
     running.stop()
 

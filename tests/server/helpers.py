@@ -70,7 +70,8 @@ class Server:
         raise RuntimeError(f"the server did not answer within {READY_WITHIN_S} s:\n{self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return Path(self.log.name).read_text()
 
     def alive(self) -> bool:
