@@ -57,6 +57,7 @@ def router(state: ServerState) -> APIRouter:
 
     @api.post("/jobs", status_code=202)
     async def submit(request: Request):
+        state.queue.check_room()
         job = queue.submit(job_from(json_body(await request.body()), state))
         return JSONResponse(job.summary(queue.position(job)), status_code=202)
 

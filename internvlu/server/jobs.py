@@ -110,7 +110,7 @@ class JobQueue:
         self.waiting: deque[Job] = deque()
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.running: Job | None = None
-        self.lock = threading.Condition()
+        self.lock = threading.Condition()  # reentrant: submit holds it while check_room takes it
         self.closed: str | None = None  # why new jobs are refused (shutting down)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.job_seconds: deque[float] = deque(maxlen=20)  # recent run times, for Retry-After
@@ -122,7 +122,8 @@ class JobQueue:
 
     # -- clients -----------------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> Job:
+    def check_room(self) -> None:
+        """Refuse now, when the queue is full or closing: before a request's body is read and its images decoded."""
         with self.lock:
             if self.closed:
                 raise ApiError(503, self.closed, code="shutting_down")
@@ -130,6 +131,10 @@ class JobQueue:
                 raise ApiError(429, f"the queue is full ({self.max_queue} jobs waiting); retry after the time in "
                                "Retry-After, or start the server with a larger --max-queue", code="queue_full",
                                headers={"Retry-After": str(self.retry_after())})
+
+    def submit(self, job: Job) -> Job:
+        with self.lock:
+            self.check_room()  # again: the queue may have filled while the request was read
             job.loop = self.loop
             self.jobs[job.id] = job
             self.waiting.append(job)

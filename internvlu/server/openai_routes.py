@@ -103,6 +103,7 @@ def router(state: ServerState) -> APIRouter:
 
     @api.post("/images/generations")
     async def generations(request: Request):
+        state.queue.check_room()
         body = json_body(await request.body())
         check_known(body, (*IMAGE_FIELDS, "response_format"))
         form = response_format(body)
@@ -112,6 +113,7 @@ def router(state: ServerState) -> APIRouter:
 
     @api.post("/images/edits")
     async def edits(request: Request):
+        state.queue.check_room()
         form = await read_form(request)
         body = form_fields(form)
         if form.get("mask") is not None:
@@ -126,6 +128,7 @@ def router(state: ServerState) -> APIRouter:
 
     @api.post("/chat/completions")
     async def completions(request: Request):
+        state.queue.check_room()
         body = json_body(await request.body())
         work = ask_request(body, state.model_id)
         job = state.queue.submit(Job("ask", work))

@@ -70,10 +70,14 @@ def one_line_error(result: Result, *fragments: str) -> str:
     return errors[0]
 
 
-def png_with_header(path: Path, width: int, height: int) -> Path:
+def png_header_bytes(width: int, height: int) -> bytes:
     """A PNG that declares `width` x `height` but holds almost no data (a decompression bomb's header)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def png_with_header(path: Path, width: int, height: int) -> Path:
+    path.write_bytes(png_header_bytes(width, height))
     return path
