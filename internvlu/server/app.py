@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import traceback
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -108,7 +109,8 @@ def error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        log.exception("request %s %s failed", request.method, request.url.path)
+        log.error("request %s %s failed:\n%s", request.method, request.url.path,
+                  "".join(traceback.format_exception(exc)).rstrip())
         return await api_error(request, ApiError(500, f"internal error ({type(exc).__name__}); the server log has "
                                                       "the traceback", code="internal_error"))
 

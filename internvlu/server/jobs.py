@@ -17,6 +17,7 @@ import math
 import secrets
 import threading
 import time
+import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ class JobQueue:
                 self._settle(job, CANCELLED, error=job.stop)
             except BaseException as exc:  # a job's failure is its client's answer, never the worker's end
                 if not isinstance(exc, ApiError) and type(exc).__module__.split(".")[0] != "internvlu":
-                    log.exception("job %s failed", job.id)
+                    log.error("job %s failed:\n%s", job.id, traceback.format_exc().rstrip())
                 self._settle(job, FAILED, error=from_failure(exc))
             else:
                 self._settle(job, DONE, result=result)

@@ -67,9 +67,9 @@ def text_field(body: dict, name: str, required: bool = True) -> str | None:
 
 
 def integer_field(body: dict, name: str, low: int, high: int, default: int | None = None) -> int | None:
-    value = body.get(name, default)
+    value = body.get(name)
     if value is None:
-        return None
+        return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise bad_request(f"field {name} must be an integer from {low} to {high}, not {value!r}", name)
     return value

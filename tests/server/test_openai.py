@@ -131,3 +131,8 @@ def test_the_error_body_is_openais_shape(server):
     assert response.status_code == 400
     assert response.json() == {"error": {"message": json.loads(response.text)["error"]["message"],
                                          "type": "invalid_request_error", "param": "n", "code": "invalid_value"}}
+
+
+def test_chat_without_a_length_answers_up_to_the_cli_default(client):
+    answer = client.chat.completions.create(model="nano", messages=[{"role": "user", "content": "what is a square?"}])
+    assert answer.choices[0].message.content.strip()
