@@ -20,7 +20,8 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from internvlu.server.errors import bad_request
 from internvlu.server.events import HEADERS, job_stream, resume_index
 from internvlu.server.jobs import Job
-from internvlu.server.requests import IMAGE_FIELDS, ask_request, check_known, data_uri_upload, image_request, json_body
+from internvlu.server.requests import (IMAGE_FIELDS, ask_request, check_image_count, check_known, data_uri_upload,
+                                       image_request, json_body)
 from internvlu.server.state import ServerState
 
 KINDS = {"generate": "gen", "edit": "edit", "ask": "ask"}
@@ -31,6 +32,7 @@ def images_of(body: dict) -> list:
     images = body.get("images") or []
     if not isinstance(images, list):
         raise bad_request("field images must be a list of data URIs (data:image/png;base64,...)", "images")
+    check_image_count(len(images), "images")
     return images
 
 

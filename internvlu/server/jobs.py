@@ -223,6 +223,9 @@ class JobQueue:
     def _finish(self, job: Job, state: str, result: dict | None = None, error: ApiError | None = None) -> None:
         job.result, job.error = result, error
         job.state = state
+        # Previews matter while the job runs; a finished job is kept for polling and late readers without them.
+        job.events = [(name, {k: v for k, v in data.items() if k != "preview"}) if name == "step" else (name, data)
+                      for name, data in job.events]
         job.publish(state, result if state == DONE else error.body()["error"])
 
     def _announce_positions(self) -> None:
