@@ -32,6 +32,7 @@ REQUEST_SETTINGS = tuple(key for key in SETTING_KEYS if key not in FIXED_AT_LOAD
 FIELD_NAMES = {key: f"field {key}" for key in REQUEST_SETTINGS}
 REQUEST = "the request"  # the source of a request's settings layer, in messages
 IMAGE_FIELDS = ("prompt", "n", "seed", "preset", "model", *REQUEST_SETTINGS)
+# OpenAI's fields with no meaning here (the quality is the steps and cfg; the output is always a PNG, see check_known).
 IGNORED_OPENAI_FIELDS = ("quality", "style", "user", "background", "moderation", "output_compression", "output_format")
 DATA_URI = re.compile(r"data:image/[a-z0-9.+-]+;base64,(.*)", re.IGNORECASE | re.DOTALL)
 
@@ -52,6 +53,9 @@ def check_known(body: dict, known: tuple[str, ...]) -> None:
     unknown = sorted(set(body) - set(known) - set(IGNORED_OPENAI_FIELDS))
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}; the fields are: {', '.join(known)}", unknown[0])
+    if body.get("output_format") not in (None, "png"):
+        raise bad_request(f"output_format {body['output_format']!r} is not available: images are PNGs, which carry "
+                          "their recipe", "output_format")
 
 
 def text_field(body: dict, name: str, required: bool = True) -> str | None:

@@ -58,6 +58,7 @@ def cases() -> list[Case]:
         Case("load-setting-in-a-request", GENERATIONS, 400, ("unknown field 'dtype'",),
              json={"prompt": "x", "dtype": "float16"}),
         Case("response-format-unknown", GENERATIONS, 400, ("response_format",), json={"prompt": "x", "response_format": "svg"}),
+        Case("output-format-jpeg", GENERATIONS, 400, ("images are PNGs",), json={"prompt": "x", "output_format": "jpeg"}),
         Case("path-field", GENERATIONS, 400, ("unknown field 'path'",), json={"prompt": "x", "path": "/etc/passwd"}),
         Case("out-dir-field", GENERATIONS, 400, ("unknown field 'out_dir'",), json={"prompt": "x", "out_dir": "/tmp"}),
         Case("preset-path", GENERATIONS, 400, ("unknown preset",), json={"prompt": "x", "preset": "../../../etc/passwd"}),

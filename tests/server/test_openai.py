@@ -136,3 +136,9 @@ def test_the_error_body_is_openais_shape(server):
 def test_chat_without_a_length_answers_up_to_the_cli_default(client):
     answer = client.chat.completions.create(model="nano", messages=[{"role": "user", "content": "what is a square?"}])
     assert answer.choices[0].message.content.strip()
+
+
+def test_an_edit_takes_several_images(client):
+    response = client.images.edit(image=[("a.png", png((200, 0, 0)), "image/png"), ("b.png", png((0, 0, 200)), "image/png")],
+                                  prompt="combine them", size="64x64", extra_body={"steps": 2, "seed": 9})
+    assert len(read_recipe(response.data[0].path)["inputs"]) == 2
