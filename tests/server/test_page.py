@@ -4,6 +4,7 @@ replay a result from the gallery. INTERNVLU_SCREENSHOT_DIR=docs/ writes the READ
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -97,8 +98,15 @@ def test_generate_edit_ask_and_replay_in_the_page(browser, server, shots, tmp_pa
     assert '"command": "edit"' in cards()[0].find_element(By.CSS_SELECTOR, ".recipe").get_attribute("textContent")
     browser.save_screenshot(str(shots / "serve-edit.png"))
 
-    # Ask about the same image.
+    # Ask about it and about a second image dropped on the drop zone (a real drop event carrying a file).
     find("[data-tab=ask]").click()
+    browser.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const dropped = new DataTransfer();
+        dropped.items.add(new File([bytes], "red.png", {type: "image/png"}));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dropped, bubbles: true}));
+    """, base64.b64encode(png((220, 20, 20))).decode())
+    wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#thumbs img")) == 2)
     fill("#prompt", "what colour is the image?")
     find("#go").click()
     finished(3)
