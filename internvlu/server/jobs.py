@@ -12,6 +12,7 @@ answers every queued job with 503 and stops the running one the same way.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import secrets
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 KEPT_FINISHED_JOBS = 1000  # finished jobs remembered for polling; the oldest are forgotten first
+# Jobs this near the front hear each move; those further back learn their position when they get here (or by
+# polling), so a long queue costs each job a bounded number of events, not one per job ahead of it.
+ANNOUNCED_POSITIONS = 100
 
 
 class Cancelled(Exception):
@@ -229,7 +233,7 @@ class JobQueue:
         job.publish(state, result if state == DONE else error.body()["error"])
 
     def _announce_positions(self) -> None:
-        for k, waiting in enumerate(self.waiting):
+        for k, waiting in enumerate(itertools.islice(self.waiting, ANNOUNCED_POSITIONS)):
             waiting.publish(QUEUED, {"queue_position": k + 1})
 
     def _forget_old(self) -> None:
