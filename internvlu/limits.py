@@ -19,7 +19,7 @@ MAX_ASPECT = 16  # W:H or H:W
 MAX_PROMPT_CHARS = 20_000  # a prompt or question; the pipeline then refuses one too long for the conditioning
 MAX_IMAGES_PER_REQUEST = 10  # `n` of one request, OpenAI's own cap
 MAX_INPUT_IMAGES = 8  # images attached to one edit or question
-MAX_REQUEST_BYTES = 48 * 1024 * 1024  # a whole request body (eight 4-megapixel PNGs in base64 fit)
+MAX_REQUEST_BYTES = 48 * 1024 * 1024  # a whole request body: a few large photos, even in base64
 DEFAULT_QUEUE = 16  # jobs waiting behind the running one, `--max-queue`
 MAX_QUEUE = 10_000
 

@@ -1,4 +1,5 @@
-"""Optional extras (bitsandbytes, onnx/onnxscript, onnxruntime, TensorRT, the server's FastAPI and uvicorn): import one, or say which extra to install.
+"""Optional extras (bitsandbytes, onnx/onnxscript, onnxruntime, TensorRT, the server's FastAPI, uvicorn and
+python-multipart): import one, or say which extra to install.
 
 A missing extra is a `UsageError` (exit 2) wherever it is met, at export or at load: the fix is the user's,
 one `pip install`, not a failure of the run.
