@@ -91,7 +91,7 @@ def test_generate_edit_ask_and_replay_in_the_page(browser, server, shots, tmp_pa
     find("#file").send_keys(str(source))
     wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#thumbs img")) == 1)
     fill("#prompt", "make the background yellow")
-    fill("#steps", "2")
+    fill("#steps", "20")
     find("#cot").click()
     find("#go").click()
     finished(2)
