@@ -356,6 +356,9 @@ def random_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
     if sum(o.name == obj.name for o in objects) == 1:
         options.append((f"Where is the {obj.name}?", obj.cell_name))
         options.append((f"Is the {obj.name} small or large?", obj.size))
+    if scene.relation is not None:  # the pair's own relation: the other of two objects is the one answer
+        first, relation, second = pair_relation(scene)
+        options.append((f"What is {relation} the {second.name}?", first.name))
     return rng.choice(options)
 
 

@@ -137,3 +137,16 @@ def test_asking_for_more_held_out_prompts_than_exist_returns_them_all():
     items = evaluate._held_out(random.Random(0), evaluate._word_scene, 10_000)
     keys = [world.describe(scene) for scene in items]
     assert 50 < len(items) < 200 and len(set(keys)) == len(keys) and all(world.is_held_out(k) for k in keys)
+
+
+def test_questions_about_a_pair_relation_are_answered_by_the_other_object():
+    rng = random.Random(12)
+    asked = 0
+    for _ in range(300):
+        scene = world.random_scene(rng, "pair")
+        question, answer = world.random_question(rng, scene)
+        if question.startswith("What is "):
+            first, relation, second = world.pair_relation(scene)
+            assert question == f"What is {relation} the {second.name}?" and answer == first.name
+            asked += 1
+    assert asked > 30
