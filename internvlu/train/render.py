@@ -228,6 +228,8 @@ def _object_coverage(scenes: list[world.Scene], width: int, height: int, device)
 
 def render_batch(scenes: list[world.Scene], width: int, height: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """The scenes drawn on a `width` x `height` canvas: uint8 [N, 3, height, width] on `device`."""
+    if not scenes:
+        return torch.zeros(0, 3, height, width, dtype=torch.uint8, device=device)
     q = SUPERSAMPLING**2
     base = torch.tensor([world.BACKGROUNDS[s.background] for s in scenes], dtype=torch.int32, device=device)[:, :, None, None]
     faint = torch.tensor([faint_shade(world.BACKGROUNDS[s.background]) for s in scenes], dtype=torch.int32, device=device)[:, :, None, None]

@@ -35,6 +35,7 @@ def test_a_batch_draws_every_scene_as_it_is_drawn_alone(width, height):
     batch = render.render_batch(scenes, width, height)
     assert batch.shape == (len(scenes), 3, height, width) and batch.dtype == torch.uint8
     assert torch.equal(batch, torch.stack([_as_tensor(world.render(s, width, height)) for s in scenes]))
+    assert render.render_batch([], width, height).shape == (0, 3, height, width)
 
 
 @pytest.mark.parametrize("width, height", world.IMAGE_SIZES)
