@@ -129,7 +129,7 @@ def test_training_draws_never_come_from_the_held_out_bucket():
 
 
 def test_asking_for_more_held_out_prompts_than_exist_returns_them_all():
-    """About 100 held-out word prompts exist; asking for more must end with all of them, not hang."""
+    """166 held-out word prompts exist; asking for more must end with all of them, not hang."""
     import random
 
     from internvlu.train import evaluate
