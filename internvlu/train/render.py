@@ -37,7 +37,6 @@ LETTER_STROKE = 7  # pixels at the atlas size: bold letters survive the VAE and 
 LETTER_GAP = 2  # pixels at the atlas size added between neighbouring letters, beyond the font's own spacing
 # The word's ink box fills at most this fraction of the shorter side in height, and of it in width.
 WORD_HEIGHT, WORD_WIDTH = 0.42, 0.94
-TEXTURES = {"plain": 0, "striped": 1, "dotted": 2}
 
 
 # ---- shapes --------------------------------------------------------------------------------------------
@@ -58,7 +57,8 @@ def _star_corners() -> tuple[tuple[float, float], ...]:
     """The ten corners of a star with unit extent, its bounding box centred on the origin (y points down)."""
     # Corner k lies at -90 + 36 k degrees; the outer ones reach 1 sideways (cos 18 of the outer radius).
     outer = 1 / _sin_of_18_degrees_times(4)
-    shift = outer * (1 - _sin_of_18_degrees_times(3)) / 2  # the points reach up by 1, down by sin 54
+    # The top point reaches `outer` up, the two lowest only `outer * sin 54` down: shift the star to centre its box.
+    shift = outer * (1 - _sin_of_18_degrees_times(3)) / 2
     corners = []
     for k in range(10):
         radius = outer if k % 2 == 0 else outer * STAR_INNER_RADIUS
@@ -177,15 +177,16 @@ def faint_shade(colour: tuple[int, int, int]) -> tuple[int, int, int]:
 
 @cache
 def texture_coverage(width: int, height: int) -> torch.Tensor:
-    """Samples of each pixel on the pattern, per texture in TEXTURES order: int32 [3, height, width]."""
+    """Samples of each pixel on the pattern, per texture in `world.TEXTURES` order: int32 [T, height, width]."""
     s = SUPERSAMPLING
     xs, ys = _sample_offsets(width, s, "cpu"), _sample_offsets(height, s, "cpu")
     stripes = (xs % TEXTURE_PERIOD < STRIPE_WIDTH)[None, :].expand(height * s, width * s)
     centre = TEXTURE_PERIOD / 2
     dots = _inside_circle((xs % TEXTURE_PERIOD - centre)[None, :], (ys % TEXTURE_PERIOD - centre)[:, None],
                           torch.tensor(DOT_RADIUS))
-    samples = torch.stack([torch.zeros_like(dots), stripes, dots])
-    return samples.view(3, height, s, width, s).sum((2, 4), dtype=torch.int32)
+    samples = {"plain": torch.zeros_like(dots), "striped": stripes, "dotted": dots}
+    stacked = torch.stack([samples[texture] for texture in world.TEXTURES])
+    return stacked.view(len(world.TEXTURES), height, s, width, s).sum((2, 4), dtype=torch.int32)
 
 
 # ---- the batch -----------------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ def render_batch(scenes: list[world.Scene], width: int, height: int, device: str
     base = torch.tensor([world.BACKGROUNDS[s.background] for s in scenes], dtype=torch.int32, device=device)[:, :, None, None]
     faint = torch.tensor([faint_shade(world.BACKGROUNDS[s.background]) for s in scenes], dtype=torch.int32, device=device)[:, :, None, None]
     textures = texture_coverage(width, height).to(device)
-    pattern = textures[torch.tensor([TEXTURES[s.texture] for s in scenes], device=device)][:, None]  # [N, 1, H, W]
+    pattern = textures[torch.tensor([world.TEXTURES.index(s.texture) for s in scenes], device=device)][:, None]  # [N, 1, H, W]
     background = base * (q - pattern) + faint * pattern  # times q
     covered, paint = _object_coverage(scenes, width, height, device)
     pixels = (background * (q - covered[:, None]) + paint * q + q * q // 2) // (q * q)
