@@ -34,9 +34,12 @@ STAR_INNER_RADIUS = 0.45  # of the outer one: thicker arms than a regular star's
 TEXTURE_PERIOD, STRIPE_WIDTH, DOT_RADIUS = 8, 3, 1.5
 ATLAS_FONT_SIZE = 120
 LETTER_STROKE = 7  # pixels at the atlas size: bold letters survive the VAE and OCR reads them
-LETTER_GAP = 2  # pixels at the atlas size added between neighbouring letters, beyond the font's own spacing
+LETTER_GAP = 6  # pixels at the atlas size added between neighbouring letters, beyond the font's own spacing
 # The word's ink box fills at most this fraction of the shorter side in height, and of it in width.
 WORD_HEIGHT, WORD_WIDTH = 0.42, 0.94
+# Letters are drawn this much narrower than the font's: a five-letter word, which the width limits, gets
+# taller letters (15 px instead of 12 on a 64-px square, two latent rows of an 8x VAE).
+LETTER_CONDENSING = 0.8
 
 
 # ---- shapes --------------------------------------------------------------------------------------------
@@ -157,8 +160,8 @@ def word_coverage(word: str, width: int, height: int) -> torch.Tensor:
     box scaled to fit WORD_HEIGHT x WORD_WIDTH of the shorter side, centred, point-sampled."""
     ink = word_ink(word)
     side, s = min(width, height), WORD_SUPERSAMPLING
-    scale = min(WORD_HEIGHT * side / ink.shape[0], WORD_WIDTH * side / ink.shape[1])
-    rows, cols = round(ink.shape[0] * scale * s), round(ink.shape[1] * scale * s)
+    scale = min(WORD_HEIGHT * side / ink.shape[0], WORD_WIDTH * side / (ink.shape[1] * LETTER_CONDENSING))
+    rows, cols = round(ink.shape[0] * scale * s), round(ink.shape[1] * LETTER_CONDENSING * scale * s)
     # Nearest sample of the atlas by integer arithmetic: each target sample reads the atlas pixel under its centre.
     sampled = ink[(2 * np.arange(rows) + 1) * ink.shape[0] // (2 * rows)][:, (2 * np.arange(cols) + 1) * ink.shape[1] // (2 * cols)]
     canvas = np.zeros((height * s, width * s), dtype=np.int32)
