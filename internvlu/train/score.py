@@ -28,8 +28,10 @@ BACKGROUND_SHADES = {"white": (245, 245, 245), "light": (224, 224, 224), "gray":
 MAX_COLOUR_DISTANCE = 90.0
 MIN_AREA_FRACTION = 16 / (64 * 64)  # smaller regions are noise
 # A region this many times smaller than a touching region of another colour is that shape's blended edge
-# (purple against red reads as pink), not an object.
+# (purple against red reads as pink), not an object; so is a smaller one that is mostly border with it (a
+# thin ring round a small shape, as red on white reads as pink on a 48-px canvas).
 FRINGE_RATIO = 4
+FRINGE_BORDER_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
@@ -146,12 +148,13 @@ def detect(image: Image.Image) -> list[Detection]:
 
 def _is_fringe(number: int, region: np.ndarray, regions: list, owner: np.ndarray) -> bool:
     height, width = owner.shape
-    for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        rows = np.clip(region[:, 0] + dr, 0, height - 1)
-        cols = np.clip(region[:, 1] + dc, 0, width - 1)
-        for other in set(owner[rows, cols].tolist()) - {-1, number}:
-            if len(regions[other][1]) >= FRINGE_RATIO * len(region):
-                return True
+    neighbours = np.stack([owner[np.clip(region[:, 0] + dr, 0, height - 1), np.clip(region[:, 1] + dc, 0, width - 1)]
+                           for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))])  # [4, n]: who owns each side
+    for other in set(neighbours.flatten().tolist()) - {-1, number}:
+        size = len(regions[other][1])
+        bordering = (neighbours == other).any(axis=0).sum()
+        if size >= FRINGE_RATIO * len(region) or (size > len(region) and bordering >= FRINGE_BORDER_FRACTION * len(region)):
+            return True
     return False
 
 

@@ -21,6 +21,19 @@ def test_shapes_and_colours_of_single_objects_are_read_exactly():
                 assert [(d.colour, d.shape, d.cell(64, 64)) for d in found] == [(colour, shape, obj.cell)]
 
 
+@pytest.mark.parametrize("width, height", world.IMAGE_SIZES)
+def test_a_large_object_is_read_as_one_object_at_every_size(width, height):
+    """Its blended edge never counts as a second object, even where it is a ring of its own colour (red on
+    white reads as pink) round a shape a 48-px canvas draws small."""
+    for shape in world.SHAPES:
+        for colour in ("red", "purple", "yellow"):
+            for background, texture in (("white", "plain"), ("white", "striped"), ("white", "dotted"), ("gray", "plain"), ("black", "plain")):
+                for cell in ((1, 0), (0, 2), (2, 1)):
+                    scene = world.Scene((world.Obj(shape, colour, "large", cell),), background, texture)
+                    found = score.detect(world.render(scene, width, height))
+                    assert [(d.colour, d.shape, d.cell(width, height)) for d in found] == [(colour, shape, cell)]
+
+
 def test_scene_checks_pass_on_nearly_all_ground_truth_renders_of_each_kind_and_relation():
     rng = random.Random(2)
     groups: dict[str, list[world.Scene]] = {}
