@@ -1,9 +1,10 @@
 """The procedural world internvlu-nano learns: flat shapes in named colours, positions and sizes, and words.
 
 A `Scene` is the ground truth; everything else is derived from it by rules a program can check:
-`render` draws it (`internvlu.train.render` draws whole batches), `describe` writes a caption for text-to-image, `edits` produce (instruction, new scene)
-pairs, `questions` produce (question, answer) pairs, and `reasoning_prompt` restates a scene indirectly
-("the colour of a ripe banana") together with the chain of thought that turns it back into a caption.
+`render` draws it (`internvlu.train.render` draws whole batches), `describe` writes a caption for
+text-to-image, `edits` produce (instruction, new scene) pairs, `questions` produce (question, answer) pairs,
+and `reasoning_prompt` restates a scene indirectly ("the colour of a ripe banana") together with the chain
+of thought that turns it back into a caption.
 `internvlu.train.score` reads scenes back out of pixels.
 
 Held-out split: every prompt string is hashed; the bucket `HELD_OUT_BUCKET` is never used for training,
