@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import time
 
@@ -96,6 +97,7 @@ def main() -> None:
     per_image = best_rate(lambda: [pil_render(s, args.width, args.height) for s in scenes], args.batch, args.runs, lambda: None)
     print(json.dumps({"benchmark": "render", "batch": args.batch, "width": args.width, "height": args.height,
                       "device": args.device, "threads": torch.get_num_threads(),
+                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                       "render_batch_images_per_s": round(batched), "pil_per_image_images_per_s": round(per_image),
                       "speedup": round(batched / per_image, 2)}, separators=(",", ":")), flush=True)
 
