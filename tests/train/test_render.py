@@ -3,6 +3,7 @@ shapes cover their true area with soft edges, neighbours never touch, and words 
 
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from internvlu.runtime.config import ProcessorConfig
 from internvlu.runtime.processor import condition_image
 from internvlu.train import render, world
+from conftest import GOLDEN
 
 NANO_PROCESSOR = Path(world.__file__).resolve().parents[1] / "models" / "nano" / "processor" / "processor_config.json"
 KINDS = ("single", "pair", "count", "many", "word")
@@ -38,9 +40,18 @@ def test_a_batch_draws_every_scene_as_it_is_drawn_alone(width, height):
     assert render.render_batch([], width, height).shape == (0, 3, height, width)
 
 
+def _generation_configs() -> dict:
+    nano = ProcessorConfig.from_file(NANO_PROCESSOR).generation
+    golden = ProcessorConfig.from_file(GOLDEN / "tiny_pipeline" / "processor" / "processor_config.json").generation
+    # Both normalise every channel alike; CLIP's statistics differ per channel, so a mixed-up channel shows.
+    clip = replace(nano, image_mean=(0.48145466, 0.4578275, 0.40821073), image_std=(0.26862954, 0.26130258, 0.27577711))
+    return {"nano": nano, "golden tiny (8x VAE)": golden, "per-channel statistics": clip}
+
+
+@pytest.mark.parametrize("config", ["nano", "golden tiny (8x VAE)", "per-channel statistics"])
 @pytest.mark.parametrize("width, height", world.IMAGE_SIZES)
-def test_the_model_input_is_what_the_processor_makes_of_each_image(width, height):
-    cfg = ProcessorConfig.from_file(NANO_PROCESSOR).generation
+def test_the_model_input_is_what_the_processor_makes_of_each_image(width, height, config):
+    cfg = _generation_configs()[config]
     scenes = _scenes(width + height)
     batch = render.condition_batch(render.render_batch(scenes, width, height), cfg)
     expected = torch.stack([condition_image(world.render(s, width, height), cfg) for s in scenes])
