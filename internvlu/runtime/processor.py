@@ -143,9 +143,14 @@ def condition_image(image: Image.Image, cfg: GenerationImageConfig) -> torch.Ten
     h_bar, w_bar = smart_resize(image.height, image.width, cfg)
     if (image.width, image.height) != (w_bar, h_bar):
         image = image.resize((w_bar, h_bar), Image.Resampling.BICUBIC)
-    x = (np.asarray(image, dtype=np.uint8).astype(np.float64) * cfg.rescale_factor).astype(np.float32)
-    x = (x - np.asarray(cfg.image_mean, dtype=np.float32)) / np.asarray(cfg.image_std, dtype=np.float32)
+    x = normalise_condition(np.asarray(image, dtype=np.uint8), cfg)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def normalise_condition(pixels: np.ndarray, cfg: GenerationImageConfig) -> np.ndarray:
+    """uint8 [..., 3] RGB -> the float32 values a VAE-condition image holds (rescaled, then normalised)."""
+    x = (pixels.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
+    return (x - np.asarray(cfg.image_mean, dtype=np.float32)) / np.asarray(cfg.image_std, dtype=np.float32)
 
 
 def normalize_prompt(text: str, num_images: int) -> str:

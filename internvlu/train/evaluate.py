@@ -76,7 +76,7 @@ class EvalSettings:
     part_cfg_scale: float | None = None
 
 
-EXHAUSTED_AFTER = 20000  # draws without a new held-out key: the pool is used up (word prompts: ~100 exist)
+EXHAUSTED_AFTER = 20000  # draws without a new held-out key: the pool is used up (word prompts: 166 exist)
 
 
 def _held_out(rng: random.Random, make: Callable[[random.Random], tuple[str, object]], n: int) -> list:

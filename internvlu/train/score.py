@@ -2,8 +2,9 @@
 
 `detect` classifies every pixel to the nearest named colour, labels connected regions of each object
 colour and classifies each region's shape from two measurements that need no learning: extent (area
-over bounding-box area: square ~1, circle ~0.79, triangle and star ~0.5) and solidity (area over
-convex-hull area: a star's is far below the others'). `read_word` asks Tesseract OCR (the `tesseract`
+over bounding-box area: square ~1, circle ~0.79, triangle and star ~0.5; a drawn circle's edge pixels lift
+its extent to 0.86 at most, a square's stays above 0.94) and solidity (area over convex-hull area: a star's,
+0.72 at most, is far below the others', 0.87 and up). `read_word` asks Tesseract OCR (the `tesseract`
 program, found on PATH) for the single word in an image. `scene_checks` turns a ground-truth scene and
 a drawn image into per-attribute pass/fail results.
 """
@@ -27,8 +28,10 @@ BACKGROUND_SHADES = {"white": (245, 245, 245), "light": (224, 224, 224), "gray":
 MAX_COLOUR_DISTANCE = 90.0
 MIN_AREA_FRACTION = 16 / (64 * 64)  # smaller regions are noise
 # A region this many times smaller than a touching region of another colour is that shape's blended edge
-# (purple against red reads as pink), not an object.
+# (purple against red reads as pink), not an object; so is a smaller one that is mostly border with it (a
+# thin ring round a small shape, as red on white reads as pink on a 48-px canvas).
 FRINGE_RATIO = 4
+FRINGE_BORDER_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,9 @@ def classify_shape(points: np.ndarray) -> str:
     box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
     extent = len(points) / box
     solidity = len(points) / max(_hull_area(points), 1.0)
-    if solidity < 0.72:
+    if solidity < 0.8:
         return "star"
-    if extent > 0.83:
+    if extent > 0.9:
         return "square"
     if extent > 0.68:
         return "circle"
@@ -145,12 +148,13 @@ def detect(image: Image.Image) -> list[Detection]:
 
 def _is_fringe(number: int, region: np.ndarray, regions: list, owner: np.ndarray) -> bool:
     height, width = owner.shape
-    for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        rows = np.clip(region[:, 0] + dr, 0, height - 1)
-        cols = np.clip(region[:, 1] + dc, 0, width - 1)
-        for other in set(owner[rows, cols].tolist()) - {-1, number}:
-            if len(regions[other][1]) >= FRINGE_RATIO * len(region):
-                return True
+    neighbours = np.stack([owner[np.clip(region[:, 0] + dr, 0, height - 1), np.clip(region[:, 1] + dc, 0, width - 1)]
+                           for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))])  # [4, n]: who owns each side
+    for other in set(neighbours.flatten().tolist()) - {-1, number}:
+        size = len(regions[other][1])
+        bordering = (neighbours == other).any(axis=0).sum()
+        if size >= FRINGE_RATIO * len(region) or (size > len(region) and bordering >= FRINGE_BORDER_FRACTION * len(region)):
+            return True
     return False
 
 
@@ -196,16 +200,23 @@ def _tesseract(page: Image.Image, mode: int) -> str:
 def read_word(image: Image.Image) -> str:
     """The word Tesseract reads in `image` (upper case, letters only; "" when there is none).
 
-    Read as a text line first; when that is not a word of the world, Tesseract's single-word mode is
-    asked too (both readings come from OCR; the vocabulary only picks between them)."""
+    Read as a text line first; when that is not a word of the world, Tesseract's single-word mode and then
+    its raw-line mode are asked too (each reading comes from OCR; the vocabulary only picks among them, and
+    without a world word the text-line reading stands). Each mode misses a few clean words the others read."""
     if not tesseract_available():
         raise RuntimeError("tesseract is not installed; install it (Debian/Ubuntu: apt-get install tesseract-ocr) "
                            "to score word rendering")
     page = _ink_page(image)
     if page is None:
         return ""
-    text = _tesseract(page, 7)
-    return text if text in world.WORDS else _tesseract(page, 8)
+    line = _tesseract(page, 7)
+    if line in world.WORDS:
+        return line
+    for mode in (8, 13):
+        text = _tesseract(page, mode)
+        if text in world.WORDS:
+            return text
+    return line
 
 
 # ---- checks --------------------------------------------------------------------------------------------
@@ -213,6 +224,14 @@ def read_word(image: Image.Image) -> str:
 
 def _matching(detections: list[Detection], obj: world.Obj) -> list[Detection]:
     return [d for d in detections if d.colour == obj.colour and d.shape == obj.shape]
+
+
+def relation_seen(relation: str, first: tuple[int, int], second: tuple[int, int]) -> bool:
+    """Whether objects drawn in the cells `first` and `second` show what "first <relation> second" says. Looser
+    than the world draws it: "above" asks for a higher row, not the same column as well."""
+    (r1, c1), (r2, c2) = first, second
+    return {"above": r1 < r2, "below": r1 > r2, "to the left of": c1 < c2, "to the right of": c1 > c2,
+            "next to": r1 == r2 and abs(c1 - c2) == 1}[relation]
 
 
 def scene_checks(scene: world.Scene, image: Image.Image) -> dict[str, bool]:
@@ -228,11 +247,10 @@ def scene_checks(scene: world.Scene, image: Image.Image) -> dict[str, bool]:
         checks["object"].append(any(d.shape == obj.shape for d in detections))
         checks["colour"].append(any(d.colour == obj.colour for d in detections))
     if kind == "pair":
-        a, b = sorted(scene.objects, key=lambda o: o.cell)  # as `world.describe` names them
+        a, relation, b = world.pair_relation(scene)  # as the caption names them
         first, second = _matching(detections, a), _matching(detections, b)
-        vertical = a.cell[1] == b.cell[1]
-        axis = 1 if vertical else 0
-        checks["position"].append(bool(first and second) and first[0].centre[axis] < second[0].centre[axis])
+        checks["position"].append(bool(first and second) and relation_seen(
+            relation, first[0].cell(width, height), second[0].cell(width, height)))
     elif kind != "count":
         for obj in scene.objects:
             checks["position"].append(any(d.cell(width, height) == obj.cell for d in _matching(detections, obj)))
@@ -276,7 +294,7 @@ def preservation_psnr(edit: world.Edit, source_image: Image.Image, result: Image
     unit = min(width, height) / world.IMAGE_SIZE
     for obj in edit.changed:
         x, y = obj.centre(width, height)
-        r = world.SIZES["large"] * unit * 1.1 + margin
+        r = world.SIZES["large"] * unit + margin
         keep[max(0, int(y - r)): int(y + r) + 1, max(0, int(x - r)): int(x + r) + 1] = False
     a = np.asarray(source_image.convert("RGB"), dtype=np.float64)[keep]
     b = np.asarray(result.convert("RGB").resize(source_image.size), dtype=np.float64)[keep]

@@ -1,9 +1,10 @@
 """The procedural world internvlu-nano learns: flat shapes in named colours, positions and sizes, and words.
 
 A `Scene` is the ground truth; everything else is derived from it by rules a program can check:
-`render` draws it, `describe` writes a caption for text-to-image, `edits` produce (instruction, new scene)
-pairs, `questions` produce (question, answer) pairs, and `reasoning_prompt` restates a scene indirectly
-("the colour of a ripe banana") together with the chain of thought that turns it back into a caption.
+`render` draws it (`internvlu.train.render` draws whole batches), `describe` writes a caption for
+text-to-image, `edits` produce (instruction, new scene) pairs, `questions` produce (question, answer) pairs,
+and `reasoning_prompt` restates a scene indirectly ("the colour of a ripe banana") together with the chain
+of thought that turns it back into a caption.
 `internvlu.train.score` reads scenes back out of pixels.
 
 Held-out split: every prompt string is hashed; the bucket `HELD_OUT_BUCKET` is never used for training,
@@ -16,7 +17,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field, replace
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 IMAGE_SIZE = 64
 # (width, height) of the images the head learns to draw from stage 2 on (stage 1: IMAGE_SIZE square).
@@ -36,7 +37,13 @@ BACKGROUNDS = {"white": (245, 245, 245), "gray": (130, 130, 130), "black": (22, 
 # Textures are faint patterns over white: they never look like an object colour.
 TEXTURES = ("plain", "striped", "dotted")
 SHAPES = ("circle", "square", "triangle", "star")
-SIZES = {"small": 5, "large": 8}  # radius in pixels: objects in neighbouring cells never touch
+# Half-extent in pixels on a 64-px square: every shape fits a box this far either side of its centre. Large
+# enough to span two latent cells of an 8x VAE (a cell of the grid is 21.3 px, 2.7 latents).
+SIZES = {"small": 6.5, "large": 9.5}
+# Largest jitter of a centre (pixels on a 64-px square). Neighbouring cells are 21.3 px apart: two large objects
+# leave 2.3 px between them only when they stay centred, a small one moves 2 px and still leaves 3.3 px to a
+# large neighbour, so neighbours never touch (at 48 px, 0.75 of that) and never blend.
+JITTER = {"small": 2, "large": 0}
 CELL_NAMES = (
     ("top left", "top", "top right"),
     ("left", "center", "right"),
@@ -48,7 +55,12 @@ CELL_PHRASES = {
     "bottom left": "in the bottom left corner", "bottom": "at the bottom", "bottom right": "in the bottom right corner",
 }
 WORDS = ("OPEN", "SALE", "STOP", "SUN", "CAT", "DOG", "HOT", "NEW", "BIG", "YES", "FUN", "TOP", "MAP", "BOX",
-         "ART", "SKY", "JOY", "KEY", "ZOO", "WIN", "LOVE", "COOL", "FISH", "MILK", "RAIN", "SHOP", "TAXI", "WAVE")
+         "ART", "SKY", "JOY", "KEY", "ZOO", "WIN", "LOVE", "COOL", "FISH", "MILK", "RAIN", "SHOP", "TAXI", "WAVE",
+         "HELLO", "WORLD", "HAPPY", "PIZZA", "MUSIC", "LIGHT", "SMILE", "TIGER", "APPLE", "CLOUD", "BREAD", "HOUSE",
+         "PARTY", "RIVER")
+# How a pair caption places its first object against its second. "next to": the same row, neighbouring
+# columns, either order.
+RELATIONS = ("above", "below", "to the left of", "to the right of", "next to")
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 HELD_OUT_BUCKETS = 10
 HELD_OUT_BUCKET = 0
@@ -102,75 +114,47 @@ class Scene:
     texture: str = "plain"
     word: str | None = None
     word_colour: str | None = None
+    # For a pair: how `describe` relates objects[0] to objects[1] (one of RELATIONS, true of their cells).
+    # None: the upper or left object first, "above" or "to the left of" the other.
+    relation: str | None = None
+
+
+def relation_holds(relation: str, first: tuple[int, int], second: tuple[int, int]) -> bool:
+    """Whether the cell `first` is `relation` the cell `second` on the grid."""
+    (r1, c1), (r2, c2) = first, second
+    return {"above": c1 == c2 and r1 < r2, "below": c1 == c2 and r1 > r2,
+            "to the left of": r1 == r2 and c1 < c2, "to the right of": r1 == r2 and c1 > c2,
+            "next to": r1 == r2 and abs(c1 - c2) == 1}[relation]
 
 
 # ---- rendering -----------------------------------------------------------------------------------------
 
 
-def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    import math
+def render(scene: Scene, width: int = IMAGE_SIZE, height: int = IMAGE_SIZE) -> Image.Image:
+    """The scene as an RGB image: the one-scene case of `render.render_batch`, so the pixels evaluation scores
+    against are the pixels training learns from. The grid stretches with the canvas; shapes and letters keep
+    the size they have on a square of the shorter side."""
+    # render.py draws with this module's geometry; importing it when called keeps the two from importing
+    # each other while they load.
+    from internvlu.train.render import render_batch
 
-    if shape == "triangle":
-        return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)]
-    if shape == "star":
-        points = []
-        for i in range(10):
-            radius = r if i % 2 == 0 else r * 0.45
-            angle = -math.pi / 2 + i * math.pi / 5
-            points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle) + r * 0.1))
-        return points
-    raise ValueError(shape)
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    # Pillow's embedded FreeType font: the same glyphs on every machine, nothing to install.
-    return ImageFont.load_default(size=size)
-
-
-def render(scene: Scene, width: int = IMAGE_SIZE, height: int = IMAGE_SIZE, scale: int = 4) -> Image.Image:
-    """The scene drawn at `scale` x its size and downsampled for smooth edges; the grid stretches with
-    the canvas, shapes and letters keep the size they have on a square of the shorter side."""
-    W, H = width * scale, height * scale
-    unit = min(width, height) / IMAGE_SIZE * scale
-    base = BACKGROUNDS[scene.background]
-    image = Image.new("RGB", (W, H), base)
-    draw = ImageDraw.Draw(image)
-    faint = tuple(int(c * 0.82 + 128 * 0.18) for c in base)
-    if scene.texture == "striped":
-        for x in range(0, W, 8 * scale):
-            draw.rectangle([x, 0, x + 3 * scale - 1, H], fill=faint)
-    elif scene.texture == "dotted":
-        for y in range(4 * scale, H, 8 * scale):
-            for x in range(4 * scale, W, 8 * scale):
-                draw.ellipse([x - scale, y - scale, x + scale, y + scale], fill=faint)
-    for obj in scene.objects:
-        cx, cy = (v * scale for v in obj.centre(width, height))
-        r = SIZES[obj.size] * unit
-        colour = COLOURS[obj.colour]
-        if obj.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-        elif obj.shape == "square":
-            h = r * 0.9
-            draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=colour)
-        else:
-            draw.polygon(_shape_points(obj.shape, cx, cy, r * 1.1), fill=colour)
-    if scene.word:
-        font = _font(round((15 if len(scene.word) <= 3 else 13) * unit))
-        draw.text((W / 2, H / 2), scene.word, font=font, fill=COLOURS[scene.word_colour], anchor="mm",
-                  stroke_width=round(unit / 2) + 1, stroke_fill=COLOURS[scene.word_colour])
-    return image.resize((width, height), Image.Resampling.LANCZOS)
+    return Image.fromarray(render_batch([scene], width, height)[0].permute(1, 2, 0).numpy(), "RGB")
 
 
 # ---- sampling scenes -----------------------------------------------------------------------------------
 
 
+def _all_cells() -> list[tuple[int, int]]:
+    return [(r, c) for r in range(GRID) for c in range(GRID)]
+
+
 def _cells(rng: random.Random, n: int) -> list[tuple[int, int]]:
-    all_cells = [(r, c) for r in range(GRID) for c in range(GRID)]
-    return rng.sample(all_cells, n)
+    return rng.sample(_all_cells(), n)
 
 
-def _jitter(rng: random.Random) -> tuple[int, int]:
-    return (rng.randint(-1, 1), rng.randint(-1, 1))
+def _jitter(rng: random.Random, size: str) -> tuple[int, int]:
+    reach = JITTER[size]
+    return (rng.randint(-reach, reach), rng.randint(-reach, reach))
 
 
 def _background(rng: random.Random) -> tuple[str, str]:
@@ -180,11 +164,13 @@ def _background(rng: random.Random) -> tuple[str, str]:
 
 
 def random_object(rng: random.Random, cell: tuple[int, int], colour: str | None = None, shape: str | None = None) -> Obj:
-    return Obj(shape or rng.choice(SHAPES), colour or rng.choice(tuple(COLOURS)), rng.choice(tuple(SIZES)), cell, _jitter(rng))
+    size = rng.choice(tuple(SIZES))
+    return Obj(shape or rng.choice(SHAPES), colour or rng.choice(tuple(COLOURS)), size, cell, _jitter(rng, size))
 
 
 def random_scene(rng: random.Random, kind: str | None = None) -> Scene:
-    """kinds: single, pair (one above / beside the other), count (n alike), many (2-4 listed), word."""
+    """kinds: single, pair (two objects in one row or column, related by one of RELATIONS), count (n alike),
+    many (2-4 listed), word."""
     kind = kind or rng.choices(("single", "pair", "count", "many", "word"), weights=(3, 3, 2, 2, 2))[0]
     background, texture = _background(rng)
     if kind == "word":
@@ -196,19 +182,14 @@ def random_scene(rng: random.Random, kind: str | None = None) -> Scene:
         first, second = random_object(rng, (0, 0)), random_object(rng, (0, 0))
         while second.name == first.name:
             second = random_object(rng, (0, 0))
-        if rng.random() < 0.5:  # same column, different rows
-            column = rng.randrange(GRID)
-            rows = sorted(rng.sample(range(GRID), 2))
-            cells = [(rows[0], column), (rows[1], column)]
-        else:
-            row = rng.randrange(GRID)
-            columns = sorted(rng.sample(range(GRID), 2))
-            cells = [(row, columns[0]), (row, columns[1])]
-        objects = (replace(first, cell=cells[0]), replace(second, cell=cells[1]))
+        relation = rng.choice(RELATIONS)
+        cells = rng.choice([(a, b) for a in _all_cells() for b in _all_cells() if relation_holds(relation, a, b)])
+        return Scene((replace(first, cell=cells[0]), replace(second, cell=cells[1])), background, texture,
+                     relation=relation)
     elif kind == "count":
         n = rng.randint(2, 4)
         colour, shape, size = rng.choice(tuple(COLOURS)), rng.choice(SHAPES), rng.choice(tuple(SIZES))
-        objects = tuple(Obj(shape, colour, size, cell, _jitter(rng)) for cell in _cells(rng, n))
+        objects = tuple(Obj(shape, colour, size, cell, _jitter(rng, size)) for cell in _cells(rng, n))
     elif kind == "many":
         n = rng.randint(2, 4)
         objects, names = [], set()
@@ -250,6 +231,17 @@ def _background_phrase(scene: Scene) -> str:
     return "" if scene.background == "white" else f" on a {scene.background} background"
 
 
+def pair_relation(scene: Scene) -> tuple[Obj, str, Obj]:
+    """(first object, relation, second object) as a pair scene's caption says them."""
+    if scene.relation is None:
+        a, b = sorted(scene.objects, key=lambda o: o.cell)  # upper or left one first
+        return a, "above" if a.cell[1] == b.cell[1] else "to the left of", b
+    a, b = scene.objects
+    if not relation_holds(scene.relation, a.cell, b.cell):
+        raise ValueError(f"the {a.name} in cell {a.cell} is not {scene.relation} the {b.name} in cell {b.cell}")
+    return a, scene.relation, b
+
+
 def describe(scene: Scene, rng: random.Random | None = None) -> str:
     """A caption from which the scene (up to jitter, and the sizes it leaves out) can be drawn back."""
     rng = rng or random.Random(0)
@@ -264,8 +256,7 @@ def describe(scene: Scene, rng: random.Random | None = None) -> str:
         o = objects[0]
         return f"{NUMBERS[len(objects)]} {o.size} {o.colour} {o.shape}s{suffix}"
     if kind == "pair":
-        a, b = sorted(objects, key=lambda o: o.cell)  # upper or left one first
-        relation = "above" if a.cell[1] == b.cell[1] else "to the left of"
+        a, relation, b = pair_relation(scene)
         return f"{_article_phrase(a, True)} {relation} {_article_phrase(b, True)}{suffix}"
     parts = [f"{_article_phrase(o, True)} {CELL_PHRASES[o.cell_name]}" for o in objects]
     return ", ".join(parts[:-1]) + f" and {parts[-1]}{suffix}"
@@ -308,24 +299,25 @@ def random_edit(rng: random.Random, source: Scene) -> Edit:
         instruction = rng.choice((f"make the {obj.name} {colour}", f"change the colour of the {obj.name} to {colour}"))
     elif kind == "resize":
         size = "small" if obj.size == "large" else "large"
-        new = replace(obj, size=size)
+        reach = JITTER[size]  # a grown object moves back towards its cell's centre, so it cannot touch a neighbour
+        new = replace(obj, size=size, offset=tuple(max(-reach, min(reach, v)) for v in obj.offset))
         instruction = f"make the {obj.name} {'smaller' if size == 'small' else 'larger'}"
     elif kind == "move":
         cell = rng.choice(free)
-        new = replace(obj, cell=cell, offset=_jitter(rng))
+        new = replace(obj, cell=cell, offset=_jitter(rng, obj.size))
         instruction = f"move the {obj.name} to the {CELL_NAMES[cell[0]][cell[1]]}"
     elif kind == "remove":
         del objects[index]
-        return Edit(f"remove the {obj.name}", kind, replace(source, objects=tuple(objects)), (obj,))
+        return Edit(f"remove the {obj.name}", kind, replace(source, objects=tuple(objects), relation=None), (obj,))
     else:
         new = random_object(rng, rng.choice(free))
         while new.name in names:
             new = random_object(rng, new.cell)
         objects.append(new)
         return Edit(f"add {_article_phrase(new, True)} {CELL_PHRASES[new.cell_name]}", kind,
-                    replace(source, objects=tuple(objects)), (new,))
+                    replace(source, objects=tuple(objects), relation=None), (new,))
     objects[index] = new
-    return Edit(instruction, kind, replace(source, objects=tuple(objects)), (obj, new))
+    return Edit(instruction, kind, replace(source, objects=tuple(objects), relation=None), (obj, new))
 
 
 def random_edit_source(rng: random.Random) -> Scene:
@@ -365,6 +357,9 @@ def random_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
     if sum(o.name == obj.name for o in objects) == 1:
         options.append((f"Where is the {obj.name}?", obj.cell_name))
         options.append((f"Is the {obj.name} small or large?", obj.size))
+    if scene.relation is not None:  # the pair's own relation: the other of two objects is the one answer
+        first, relation, second = pair_relation(scene)
+        options.append((f"What is {relation} the {second.name}?", first.name))
     return rng.choice(options)
 
 
