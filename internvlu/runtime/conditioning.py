@@ -160,9 +160,15 @@ class Conditioner:
 
     def __call__(self, inputs: ProcessorOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Conditioning:
         """`input_ids`/`attention_mask`: the processor's rows of `inputs`, or those rows after `splice_thoughts`."""
-        token_ids = self.token_ids
         rows, distinct_of_row = distinct_rows(input_ids, attention_mask, self.deduplicate)
+        samples = self.samples_for_rows(inputs, input_ids, attention_mask, rows)
+        return Conditioning(samples=samples, rows=rows, distinct_of_row=distinct_of_row)
 
+    def samples_for_rows(self, inputs: ProcessorOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         rows: list[int]) -> list[SampleInputs]:
+        """The head's inputs of the given processor rows only, in that order (training conditions each sample on
+        one CFG branch, so it need not run the backbone on the other two)."""
+        token_ids = self.token_ids
         # Image blocks per row, in order (all but the final target `<img>`); each maps to a tile and a condition image.
         blocks_per_row = (input_ids == token_ids.img_start).sum(1) - 1
         block_offsets = torch.cat([torch.zeros(1, dtype=torch.long), blocks_per_row.cumsum(0)])
@@ -177,7 +183,7 @@ class Conditioner:
         features = torch.cat([states[i % total] for i in layers], dim=-1)
 
         condition_latents = None
-        if inputs.conditions is not None:
+        if inputs.conditions is not None and len(chosen_blocks):
             condition_latents = self.vae.encode(inputs.conditions.to(self.device))  # once per distinct image
         grids, flags = inputs.image_grid_thw_gen, inputs.generation_flags
         condition_grids = grids[flags == 0]  # of every real <img> block, in order
@@ -196,4 +202,4 @@ class Conditioner:
                           for b in blocks]
             samples.append(SampleInputs(context=context, context_is_image=is_image, target_grid=target,
                                         conditions=conditions, vlm_images=[(1, vlm_side, vlm_side)] * len(blocks)))
-        return Conditioning(samples=samples, rows=rows, distinct_of_row=distinct_of_row)
+        return samples
