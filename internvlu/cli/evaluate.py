@@ -23,7 +23,7 @@ def evaluate(
     prompts: Annotated[int, typer.Option("--prompts", min=1, max=10000, help="Held-out prompts per task.")] = 200,
     steps: Annotated[int, typer.Option("--steps", min=1, max=MAX_STEPS, help="Denoising steps per image.")] = 20,
     tasks: Annotated[Optional[str], typer.Option(
-        "--tasks", metavar="LIST", help="Comma-separated subset of t2i,words,edit,qa,reasoning (default: all).")] = None,
+        "--tasks", metavar="LIST", help="Comma-separated subset of t2i,words,edit,qa,reasoning,vae (default: all).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out-dir", metavar="DIR", help="Also write eval.json and samples.png (a grid of outputs) here.")] = None,
     seed: Annotated[int, typer.Option("--seed", "-s", min=0, max=MAX_SEED, help="Seed of the prompts and the noise.")] = 1234,

@@ -6,6 +6,8 @@ Tasks (each on `n` prompts drawn only from the held-out bucket, so no prompt str
   edit       edit success (the result is the target scene) and preservation (PSNR outside the edit)
   qa         question answering: exact answer after normalisation
   reasoning  indirect prompts, without and with chain of thought (the same t2i checks)
+  vae        the VAE alone: each of t2i, words and edit scored on VAE reconstructions of ground-truth renders,
+             as a fraction of the same score on the renders themselves (the most the head can reach through it)
 Calibration numbers are reported beside them: the scorer on ground-truth renders of the t2i prompts and on
 their VAE reconstructions (the most any image drawn through this VAE can reach), and OCR on ground-truth
 renders of the word prompts, so a score can be read against its ceilings.
@@ -28,7 +30,7 @@ from internvlu.runtime.vae import to_uint8_images
 from internvlu.train import score, world
 from internvlu.train.losses import target_pixels
 
-TASKS = ("t2i", "words", "edit", "qa", "reasoning")
+TASKS = ("t2i", "words", "edit", "qa", "reasoning", "vae")
 GRID_COLUMNS = 8
 OCR_MISSING = "tesseract is not installed (Debian/Ubuntu: apt-get install tesseract-ocr)"
 
@@ -46,6 +48,7 @@ HEADLINES: dict[str, tuple[tuple[str, Callable[[dict], str]], ...]] = {
     "qa": (("accuracy", lambda r: _percent(r["accuracy"])),),
     "reasoning": (("all correct without CoT", lambda r: _percent(r["without_cot"]["all"])),
                   ("with CoT", lambda r: _percent(r["with_cot"]["all"]))),
+    "vae": (("worst reconstruction/ground-truth ratio", lambda r: f"{r['worst_ratio']:.3f}"),),
 }
 
 
@@ -61,7 +64,7 @@ def unmet_needs(tasks: tuple[str, ...]) -> dict[str, str]:
     if score.tesseract_available():
         return {}
     # Words are read back by OCR, and so are the word edits among the edits (the object edits are not).
-    needs_ocr = {"words": "words", "edit": "edit_words"}
+    needs_ocr = {"words": "words", "edit": "edit_words", "vae": "vae_words"}
     return {needs_ocr[task]: OCR_MISSING for task in tasks if task in needs_ocr}
 
 
@@ -253,6 +256,31 @@ class Evaluator:
         return {"prompts": len(cases), "without_cot": self._attribute_report(scenes, plain),
                 "with_cot": self._attribute_report(scenes, thought),
                 "thought_states_the_scene": round(sum(e in (t or "") for e, t in zip(explicit, texts)) / len(texts), 4)}
+
+    def _vae(self, rng: random.Random) -> dict:
+        n = self.settings.prompts
+        report: dict = {"prompts": n}
+        scenes = _held_out(rng, _object_scene, n)
+        truth = [world.render(s) for s in scenes]
+        report["t2i"] = self._calibration([self._attribute_report(scenes, images)["all"]
+                                           for images in (truth, self._reconstruct(truth))])
+        if "vae_words" not in self.skipped:
+            words = _held_out(rng, _word_scene, n)
+            truth = [world.render(s) for s in words]
+            report["words"] = self._calibration([sum(score.read_word(im) == s.word for im, s in zip(images, words)) / len(words)
+                                                 for images in (truth, self._reconstruct(truth))])
+        cases = [c for c in _held_out(rng, _edit_case, n) if not ("vae_words" in self.skipped and c[1].kind == "word")]
+        truth = [world.render(edit.target) for _, edit in cases]
+        report["edit"] = self._calibration([sum(score.edit_success(edit, source, im) for (source, edit), im in zip(cases, images)) / len(cases)
+                                            for images in (truth, self._reconstruct(truth))])
+        report["worst_ratio"] = min(part["ratio"] for part in report.values() if isinstance(part, dict))
+        return report
+
+    @staticmethod
+    def _calibration(scores: list[float]) -> dict:
+        truth, reconstructed = scores
+        return {"ground_truth": round(truth, 4), "reconstructions": round(reconstructed, 4),
+                "ratio": round(reconstructed / truth, 4) if truth else 0.0}
 
     def grid(self) -> Image.Image | None:
         """Samples, one row per task (edit rows alternate source and result; reasoning: 4 without, 4 with CoT)."""

@@ -278,6 +278,8 @@ def edit_success(edit: world.Edit, source: world.Scene, image: Image.Image) -> b
         before, after = edit.changed
         old = [d for d in detect(world.render(source, width, height)) if d.colour == before.colour and d.shape == before.shape]
         new = _matching(detections, after)
+        if not old:  # the scorer cannot see the object in the source's own render: no size to compare with
+            return False
         grew = new[0].area > old[0].area * 1.2
         shrank = new[0].area < old[0].area / 1.2
         return grew if after.size == "large" else shrank
