@@ -16,8 +16,8 @@ What the fields mean (all per step, averaged over the timed steps):
 - `samples_per_s` = samples_per_step / seconds_per_step.
 - `seconds_per_step`: wall time from the end of one optimizer step to the end of the next, so it also
   holds the trainer's per-step bookkeeping (learning rate, the loss record in `losses.jsonl`).
-- `draw_s_per_step`: `StepData.next`, i.e. `losses.draw_step`: building scenes, rendering them with PIL,
-  captions, questions, edits (with `--workers N` it is the wait for a worker's result instead).
+- `draw_s_per_step`: `StepData.next`, i.e. `losses.draw_step`: building scenes, captions, questions, edits
+  (with `--workers N` it is the wait for a worker's result instead).
 - `prep_s_per_step`: data preparation inside `losses.step_losses`: the processor (tokenising, tiling,
   packing rows), tokenising answers and thoughts, and the forward passes of *frozen* parts, which are
   fixed functions of the data and could be cached or moved into the data pipeline: the VAE encoding of
@@ -25,8 +25,9 @@ What the fields mean (all per step, averaged over the timed steps):
   (`vlm.extract_feature`) unless vision trains, and the language model's hidden states
   (`vlm.hidden_states`) unless language trains. On CUDA the frozen passes run on the GPU too, but
   are still counted here: they are work the trained model does not need to redo every step.
-  `tokenise_s_per_step` and `frozen_s_per_step` are its two halves (processor and tokeniser calls; frozen
-  forward passes).
+  `render_s_per_step`, `tokenise_s_per_step` and `frozen_s_per_step` are its three parts (drawing the
+  step's scenes as tensors on the training device, `render.render_batch`; processor and tokeniser calls;
+  frozen forward passes).
 - `data_s_per_step` = draw + prep.
 - `compute_s_per_step`: everything else of `step_losses` plus the step proper: the trainable parts'
   forward (including the head's context projector, the small per-row packing the conditioner does
@@ -55,7 +56,7 @@ from pathlib import Path
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from internvlu.train import trainer
+from internvlu.train import losses, trainer
 from internvlu.train.trainer import STAGES, Run
 
 
@@ -127,7 +128,7 @@ def _samples(drawn: dict) -> int:
         elif task == "answers":
             count += sum(len(part) for part in data)  # questions, then chains of thought
         else:
-            count += len(data[0])  # (items, cfg branches)
+            count += len(data.items)
     return count
 
 
@@ -137,9 +138,9 @@ class _TimedRun(Run):
     clock: _Clock
     stage: trainer.Stage
 
-    def _run_stage(self, stage, budget):
+    def _run_stage(self, stage, stages, budget):
         self.stage = stage
-        return super()._run_stage(stage, budget)
+        return super()._run_stage(stage, stages, budget)
 
     def _load(self):
         pipe = super()._load()
@@ -170,12 +171,15 @@ def measure(stage: trainer.Stage, steps: int, warmup: int, device: str, workers:
             return drawn
 
         trainer.StepData.next = timed_next
+        original_render = losses.render.render_batch
+        losses.render.render_batch = clock.timed("render", original_render)
         hook = register_optimizer_step_post_hook(lambda *_: clock.step_done())
         try:
             run.train((stage,))
         finally:
             hook.remove()
             trainer.StepData.next = original_next
+            losses.render.render_batch = original_render
         digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((Path(folder) / "run" / "model").rglob("*.safetensors"))))
     timed = clock.steps[warmup:]
     if not timed or len(clock.steps) != steps:
@@ -185,7 +189,8 @@ def measure(stage: trainer.Stage, steps: int, warmup: int, device: str, workers:
     draw = sum(s.get("draw", 0.0) for s in timed) / n
     tokenise = sum(s.get("tokenise", 0.0) for s in timed) / n
     frozen = sum(s.get("frozen", 0.0) for s in timed) / n
-    prep = tokenise + frozen
+    rendering = sum(s.get("render", 0.0) for s in timed) / n
+    prep = rendering + tokenise + frozen
     # compute: from the end of the data draw to the end of the optimizer step, less the prep inside that window
     # (what is left of the wall time is the trainer's bookkeeping between steps)
     compute = sum(s["window"] for s in timed) / n - prep
@@ -198,7 +203,7 @@ def measure(stage: trainer.Stage, steps: int, warmup: int, device: str, workers:
             "steps": n, "warmup_steps": warmup, "data_workers": workers,
             "samples_per_step": per_step, "samples_per_s": round(per_step / wall, 2),
             "seconds_per_step": round(wall, 4), "draw_s_per_step": round(draw, 4), "prep_s_per_step": round(prep, 4),
-            "tokenise_s_per_step": round(tokenise, 4), "frozen_s_per_step": round(frozen, 4),
+            "render_s_per_step": round(rendering, 4), "tokenise_s_per_step": round(tokenise, 4), "frozen_s_per_step": round(frozen, 4),
             "data_s_per_step": round(draw + prep, 4), "compute_s_per_step": round(compute, 4),
             "busy_fraction": round(compute / wall, 3), "weights_sha256": digest.hexdigest()[:16]}
 

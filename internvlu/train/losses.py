@@ -10,7 +10,11 @@
   all-dropped CFG row the processor renders. Chain-of-thought samples are spliced exactly as inference
   splices generated thoughts (`splice_thoughts`).
 
-Every sample is drawn from the world by a `random.Random`, skipping the held-out prompt bucket.
+Every sample is drawn from the world by a `random.Random`, skipping the held-out prompt bucket. A step's
+data is scenes and text (cheap to draw, small to send from a data worker); the scenes are drawn as tensors
+a whole batch at a time on the training device (`render.render_batch`), and targets go to the VAE as the
+processor would have made them from those pictures (`render.condition_batch`). Images the processor
+reads itself (edit sources, pictures asked about) are the same renders as PIL images.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from PIL import Image
 from internvlu.runtime.conditioning import full_condition_tiles, splice_thoughts
 from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.runtime.processor import condition_image
-from internvlu.train import world
+from internvlu.train import render, world
 
 SHIFT = 3.0  # the sampler's flow shift: train on the noise levels inference visits
 BRANCH_WEIGHTS = (0.8, 0.1, 0.1)  # full condition, text dropped, all dropped
@@ -48,6 +52,19 @@ def target_pixels(images: list[Image.Image], pipe: InternVLUPipeline) -> torch.T
     return torch.stack([condition_image(im, cfg) for im in images]).to(pipe.device)
 
 
+def scene_pixels(pipe: InternVLUPipeline, scenes: list[world.Scene], width: int = world.IMAGE_SIZE,
+                 height: int = world.IMAGE_SIZE) -> torch.Tensor:
+    """`target_pixels` of the scenes' renders, drawn in one batch on the model's device."""
+    return render.condition_batch(render.render_batch(scenes, width, height, pipe.device), pipe.processor.config.generation)
+
+
+def scene_images(pipe: InternVLUPipeline, scenes: list[world.Scene], width: int = world.IMAGE_SIZE,
+                 height: int = world.IMAGE_SIZE) -> list[Image.Image]:
+    """The scenes' renders as the pictures the processor takes, drawn in one batch."""
+    pixels = render.render_batch(scenes, width, height, pipe.device).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p, "RGB") for p in pixels]
+
+
 # ---- VAE -------------------------------------------------------------------------------------------------
 
 
@@ -56,14 +73,14 @@ def _scene_item(rng: random.Random):
     return world.describe(scene), scene
 
 
-def draw_vae(rng: random.Random, batch: int) -> list[Image.Image]:
-    return [world.render(_draw(rng, _scene_item)) for _ in range(batch)]
+def draw_vae(rng: random.Random, batch: int) -> list[world.Scene]:
+    return [_draw(rng, _scene_item) for _ in range(batch)]
 
 
-def vae_loss(pipe: InternVLUPipeline, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+def vae_loss(pipe: InternVLUPipeline, scenes: list[world.Scene]) -> dict[str, torch.Tensor]:
     """A deterministic autoencoder loss on the posterior mean, with object pixels weighted up: they are a
     few percent of each image, and an unweighted loss settles on the background and grey blobs."""
-    x = target_pixels(images, pipe)[:, :, None]
+    x = scene_pixels(pipe, scenes)[:, :, None]
     model = pipe.vae.model
     z = model.encode(x).latent_dist.mean
     # diffusers clamps the decoded pixels to [-1, 1]; the loss reads the decoder's output before that clamp,
@@ -119,7 +136,8 @@ def answer_loss(pipe: InternVLUPipeline, drawn: tuple[list, list]) -> dict[str, 
     """Half understanding questions, half chains of thought (reasoning, plain and edit prompts)."""
     losses = {}
     qa, cot = drawn
-    inputs = pipe.processor([q for q, _, _ in qa], [[im] for _, im, _ in qa], "text")
+    pictures = scene_images(pipe, [scene for _, scene, _ in qa])
+    inputs = pipe.processor([q for q, _, _ in qa], [[im] for im in pictures], "text")
     losses["qa"] = _lm_loss(pipe, inputs.input_ids, inputs.attention_mask, [_answer_ids(pipe, a) for _, _, a in qa],
                             pipe.conditioner.vit_features(inputs))
     edits = [c for c in cot if c.source is not None]
@@ -127,7 +145,7 @@ def answer_loss(pipe: InternVLUPipeline, drawn: tuple[list, list]) -> dict[str, 
     for name, items in (("cot", plain), ("cot_edit", edits)):
         if not items:
             continue
-        images = [[c.source] for c in items] if name == "cot_edit" else None
+        images = [[im] for im in scene_images(pipe, [c.source for c in items])] if name == "cot_edit" else None
         inputs = pipe.processor([c.prompt for c in items], images, "text_image", height=world.IMAGE_SIZE, width=world.IMAGE_SIZE)
         S = len(items)
         losses[name] = _lm_loss(pipe, inputs.input_ids[:S], inputs.attention_mask[:S], [_answer_ids(pipe, c.thought) for c in items],
@@ -138,14 +156,14 @@ def answer_loss(pipe: InternVLUPipeline, drawn: tuple[list, list]) -> dict[str, 
 def _question_item(rng: random.Random):
     scene = world.random_scene(rng)
     question, answer = world.random_question(rng, scene)
-    return world.describe(scene) + " | " + question, (question, world.render(scene), answer)
+    return world.describe(scene) + " | " + question, (question, scene, answer)
 
 
 @dataclass
 class FlowItem:
     prompt: str
-    target: Image.Image
-    source: Image.Image | None = None
+    target: world.Scene
+    source: world.Scene | None = None
     thought: str | None = None
 
 
@@ -156,38 +174,38 @@ def _thought_item(rng: random.Random):
     if roll < 0.75:
         scene = world.random_scene(rng)
         caption = world.describe(scene)
-        return caption, FlowItem(caption, world.render(scene), thought=f"The image shows {caption}.")
+        return caption, FlowItem(caption, scene, thought=f"The image shows {caption}.")
     return _edit_item(rng, with_thought=True)
 
 
 def _reasoning_item(rng: random.Random):
     scene = world.random_reasoning_scene(rng)
     prompt, thought = world.reasoning_prompt(rng, scene)
-    return prompt, FlowItem(prompt, world.render(scene), thought=thought)
+    return prompt, FlowItem(prompt, scene, thought=thought)
 
 
-def _caption_item(rng: random.Random, width: int, height: int):
+def _caption_item(rng: random.Random):
     scene = world.random_scene(rng)
     caption = world.describe(scene)
-    return caption, FlowItem(caption, world.render(scene, width, height))
+    return caption, FlowItem(caption, scene)
 
 
-def _edit_item(rng: random.Random, with_thought: bool = False, width: int = world.IMAGE_SIZE, height: int = world.IMAGE_SIZE):
+def _edit_item(rng: random.Random, with_thought: bool = False):
     source = world.random_edit_source(rng)
     edit = world.random_edit(rng, source)
     thought = f"After the edit the image shows {world.describe(edit.target)}." if with_thought else None
     key = world.describe(source) + " | " + edit.instruction
-    return key, FlowItem(edit.instruction, world.render(edit.target, width, height), world.render(source, width, height), thought)
+    return key, FlowItem(edit.instruction, edit.target, source, thought)
 
 
 # ---- flow matching ---------------------------------------------------------------------------------------
 
 
-def flow_items(rng: random.Random, task: str, batch: int, width: int, height: int) -> list[FlowItem]:
+def flow_items(rng: random.Random, task: str, batch: int) -> list[FlowItem]:
     if task == "t2i":
-        return [_draw(rng, lambda r: _caption_item(r, width, height)) for _ in range(batch)]
+        return [_draw(rng, _caption_item) for _ in range(batch)]
     if task == "edit":
-        return [_draw(rng, lambda r: _edit_item(r, width=width, height=height)) for _ in range(batch)]
+        return [_draw(rng, _edit_item) for _ in range(batch)]
     if task == "reasoning":
         return [_draw(rng, _reasoning_item) for _ in range(batch)]
     if task == "edit_cot":
@@ -195,17 +213,28 @@ def flow_items(rng: random.Random, task: str, batch: int, width: int, height: in
     raise ValueError(f"unknown flow task {task!r}")
 
 
-def draw_flow(rng: random.Random, task: str, batch: int, width: int, height: int) -> tuple[list[FlowItem], list[int]]:
-    """The samples, then the CFG branch each is trained on (full condition, text dropped, all dropped)."""
-    items = flow_items(rng, task, batch, width, height)
-    return items, rng.choices(range(3), weights=BRANCH_WEIGHTS, k=len(items))
+@dataclass
+class FlowBatch:
+    items: list[FlowItem]
+    branches: list[int]  # the CFG branch each sample is trained on: full condition, text dropped, all dropped
+    width: int
+    height: int
 
 
-def flow_loss(pipe: InternVLUPipeline, drawn: tuple[list[FlowItem], list[int]], generator: torch.Generator) -> torch.Tensor:
-    items, branches = drawn
+def draw_flow(rng: random.Random, task: str, batch: int, width: int, height: int) -> FlowBatch:
+    items = flow_items(rng, task, batch)
+    # Chains of thought train at the base size only: the size evaluation asks them at.
+    if task in ("reasoning", "edit_cot"):
+        width, height = world.IMAGE_SIZE, world.IMAGE_SIZE
+    return FlowBatch(items, rng.choices(range(3), weights=BRANCH_WEIGHTS, k=len(items)), width, height)
+
+
+def flow_loss(pipe: InternVLUPipeline, drawn: FlowBatch, generator: torch.Generator) -> torch.Tensor:
+    items, branches, width, height = drawn.items, drawn.branches, drawn.width, drawn.height
     S = len(items)
-    width, height = items[0].target.size
-    images = [[it.source] if it.source is not None else [] for it in items]
+    sources = [it.source for it in items if it.source is not None]
+    pictures = iter(scene_images(pipe, sources, width, height) if sources else [])
+    images = [[next(pictures)] if it.source is not None else [] for it in items]
     with_thoughts = items[0].thought is not None
     mode = "text_image" if with_thoughts else "image"
     inputs = pipe.processor([it.prompt for it in items], images, mode, height=height, width=width)
@@ -217,11 +246,11 @@ def flow_loss(pipe: InternVLUPipeline, drawn: tuple[list[FlowItem], list[int]], 
         for r, t in enumerate(thoughts):
             padded[r, : len(t)] = torch.tensor(t)
         ids, mask = splice_thoughts(ids, mask, padded, pipe.processor.token_ids)
-    conditioning = pipe.conditioner(inputs, ids, mask)
-    samples = [conditioning.for_row(b * S + s) for s, b in enumerate(branches)]
+    # Each sample is trained on one CFG branch: only its row of the processor's 3S goes through the backbone.
+    samples = pipe.conditioner.samples_for_rows(inputs, ids, mask, [b * S + s for s, b in enumerate(branches)])
 
     with torch.no_grad():
-        x0 = pipe.vae.encode(target_pixels([it.target for it in items], pipe)).float()
+        x0 = pipe.vae.encode(scene_pixels(pipe, [it.target for it in items], width, height)).float()
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     u = torch.sigmoid(torch.randn(S, generator=generator)).to(x0.device)
     sigma = SHIFT * u / (1 + (SHIFT - 1) * u)

@@ -2,9 +2,10 @@
 
 Same components and on-disk layout as the official release, only narrower and shallower: a 4-layer
 InternViT (64 px tiles, 8 px patches, 16 tokens per image), a 4-layer Qwen3 (256 wide, tied
-embeddings), a 6-layer MMDiT (192 wide) fed by the last two LM layers through the mlp projector, and a
-Qwen-Image-class VAE with a 4x spatial factor and 8 latent channels (64 px images -> 16x16 latents ->
-64 head tokens). The tokenizer is a byte-level BPE learned from the procedural world's own sentences.
+embeddings), a 6-layer MMDiT (160 wide) fed by the last two LM layers through the mlp projector, and a
+Qwen-Image-class VAE with the real model's 8x spatial factor and 16 latent channels (64 px images ->
+8x8 latents -> 16 head tokens: a quarter of the head work per sample of a 4x VAE). About 14 M
+parameters, 28 MB in bfloat16. The tokenizer is a byte-level BPE learned from the world's own sentences.
 
 `initialise` gives every parameter a training-friendly starting value: LeCun-normal matrices, zero
 biases, unit norms, small layer scales, and zero adaLN modulation and output projection in the head
@@ -30,13 +31,13 @@ from internvlu.train import world
 
 NANO = SizeSpec(
     vision_hidden=128, vision_heads=4, vision_mlp=512, vision_layers=4, image_size=world.IMAGE_SIZE, vit_patch_size=8,
-    llm_hidden=256, llm_layers=4, llm_heads=4, llm_kv_heads=2, llm_head_dim=64, llm_mlp=768, llm_max_positions=1024,
+    llm_hidden=256, llm_layers=4, llm_heads=4, llm_kv_heads=2, llm_head_dim=64, llm_mlp=512, llm_max_positions=1024,
     tie_word_embeddings=True,
-    dit_layers=6, dit_heads=6, dit_head_dim=32, joint_attention_dim=192, axes_dims_rope=(8, 12, 12),
+    dit_layers=6, dit_heads=5, dit_head_dim=32, joint_attention_dim=160, axes_dims_rope=(8, 12, 12),
     decoder_projector_type="mlp2x_gelu", vlm_cond_position_scale_factor=1.0,
-    vae_base_dim=32, vae_res_blocks=1, vae_z_dim=8, vae_dim_mult=(1, 2, 4),
+    vae_base_dim=20, vae_res_blocks=1, vae_z_dim=16, vae_dim_mult=(1, 2, 4, 4),
     gen_height=world.IMAGE_SIZE, gen_width=world.IMAGE_SIZE, max_sequence_length=160,
-    learned_vocab=1200, vocab_multiple=64, min_dynamic_patch=64, max_dynamic_patch=1024,
+    learned_vocab=1200, vocab_multiple=64, min_dynamic_patch=32, max_dynamic_patch=1024,
     timestep_scale=0.001,
 )
 WEIGHT_FILES = {"vlm": "model", "generation_decoder": "model", "vae": "diffusion_pytorch_model"}

@@ -1,6 +1,6 @@
 """The internvlu-nano curriculum: stages, the loop, resumable checkpoints and loss curves.
 
-    python -m internvlu.train OUT_DIR [--run-dir RUN] [--seed 0] [--scale 1.0] [--device auto]
+    python -m internvlu.train OUT_DIR [--run-dir RUN] [--seed 0] [--scale 1.0 | --minutes M] [--device auto]
 
 Stages (the paper's Table 3, scaled down; `--scale` multiplies every stage's step count):
   vae       the Qwen-Image-class VAE on world images, then its latent statistics are measured
@@ -9,8 +9,16 @@ Stages (the paper's Table 3, scaled down; `--scale` multiplies every stage's ste
   stage2    generation head only, any resolution, text-to-image and editing
   stage3    everything unfrozen: generation, editing, reasoning with thoughts, answers and thoughts
 
+The VAE comes first and gates the rest: its reconstructions must keep `VAE_GATE` of the scorer's
+ground-truth score on every task (`internvlu eval --tasks vae`) before the head trains on its latents;
+the stage ends as soon as they do. With `--minutes`, every stage's step count is planned from its first
+`PROBE_STEPS` steps so that the stages share the budget by `Stage.share` (the plan is recorded, so a
+resumed run keeps it). Each stage keeps an exponential moving average of what it trains (`ema`); the
+averages are what the next stage starts from and what is shipped. On CUDA the step runs under bfloat16
+autocast with the fused AdamW.
+
 The run folder holds the model in the official layout (`model/`), the optimizer state
-(`optimizer.safetensors`), `progress.json` and `losses.jsonl`; a killed run resumes from the last
+and weight averages (`optimizer.safetensors`), `progress.json` and `losses.jsonl`; a killed run resumes from the last
 checkpoint with the same data and the same result, because every step's data and noise come from
 generators seeded by (seed, stage, step). Only safetensors and JSON are read back: nothing is unpickled.
 """
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -39,6 +49,8 @@ from internvlu.runtime.device import pick_device
 from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import losses, nano, world
 from internvlu.train.curves import plot_losses
+from internvlu.train.ema import WeightAverage
+from internvlu.train.evaluate import EvalSettings, Evaluator
 
 
 @dataclass(frozen=True)
@@ -50,21 +62,30 @@ class Stage:
     # task -> batch size; a step sums the losses of all its tasks
     tasks: dict[str, int] = field(default_factory=dict)
     any_resolution: bool = False
+    share: float = 1.0  # of a `--minutes` budget, relative to the other stages
 
 
 STAGES = (
-    Stage("vae", 800, 2e-3, ("vae",), {"vae": 12}),
-    Stage("backbone", 700, 1e-3, ("vision", "language"), {"answers": 16}),
-    Stage("stage1", 700, 6e-4, ("head",), {"t2i": 24}),
-    Stage("stage2", 300, 4e-4, ("head",), {"t2i": 16, "edit": 12}, any_resolution=True),
+    Stage("vae", 800, 2e-3, ("vae",), {"vae": 12}, share=3.0),
+    Stage("backbone", 700, 1e-3, ("vision", "language"), {"answers": 16}, share=1.0),
+    Stage("stage1", 700, 6e-4, ("head",), {"t2i": 24}, share=3.0),
+    Stage("stage2", 300, 4e-4, ("head",), {"t2i": 16, "edit": 12}, any_resolution=True, share=2.0),
     Stage("stage3", 150, 2e-4, ("vision", "language", "head"),
-          {"t2i": 8, "edit": 8, "reasoning": 8, "edit_cot": 4, "answers": 8}, any_resolution=True),
+          {"t2i": 8, "edit": 8, "reasoning": 8, "edit_cot": 4, "answers": 8}, any_resolution=True, share=1.5),
 )
 WARMUP_STEPS = 40
 CHECKPOINT_SECONDS = 120.0  # by wall time: a fast GPU step would otherwise spend its time writing checkpoints
 GRAD_CLIP = 1.0
 LATENT_STAT_IMAGES = 256
 SHIP_DTYPE = torch.bfloat16
+PROBE_STEPS = 8  # inside the learning-rate warm-up, whose rates do not depend on the stage's length
+VAE_GATE = 0.95
+VAE_GATE_PROMPTS = 64
+VAE_GATE_CHECKS = (0.5, 0.75)  # fractions of the VAE stage after which the gate may end it early (and at its end)
+
+
+class WeakVAE(RuntimeError):
+    """The VAE stage ended without its reconstructions passing the gate."""
 
 
 def _seeded(seed: int, stage: str, step: int) -> tuple[random.Random, torch.Generator]:
@@ -86,9 +107,10 @@ class StepData:
     Each step's data depends only on (seed, stage, step), so prefetching changes nothing but the wall time;
     on a GPU the per-sample rendering and tokenising otherwise leave it idle most of each step."""
 
-    def __init__(self, seed: int, stage: Stage, start: int, total: int, workers: int):
+    def __init__(self, seed: int, stage: Stage, start: int, total: float, workers: int):
         self.draw = functools.partial(_drawn_step, seed, stage.name, dict(stage.tasks), stage.any_resolution)
-        self.steps = iter(range(start, total))
+        self.next_step = start
+        self.total = total  # math.inf until a `--minutes` stage is planned
         self.pool = None
         self.pending: collections.deque = collections.deque()
         if workers > 0:
@@ -98,9 +120,9 @@ class StepData:
                 self._submit()
 
     def _submit(self) -> None:
-        step = next(self.steps, None)
-        if step is not None:
-            self.pending.append(self.pool.submit(self.draw, step))
+        if self.next_step < self.total:
+            self.pending.append(self.pool.submit(self.draw, self.next_step))
+            self.next_step += 1
 
     def next(self, step: int) -> dict:
         if self.pool is None:
@@ -146,7 +168,8 @@ class Run:
     """One training run in `folder`: created on first use, resumed afterwards."""
 
     def __init__(self, folder: Path, seed: int = 0, scale: float = 1.0, device: str = "auto",
-                 log: Callable[[str], None] = print, data_workers: int | None = None):
+                 log: Callable[[str], None] = print, data_workers: int | None = None, batch_multiplier: int = 1,
+                 minutes: float | None = None, allow_weak_vae: bool = False, gate_prompts: int = VAE_GATE_PROMPTS):
         self.folder = Path(folder)
         self.model_dir = self.folder / "model"
         self.log = log
@@ -154,14 +177,20 @@ class Run:
         # Opt-in: on a CPU workers take the cores the model trains on, and on an H200 a 40-step stage-1 run was
         # slower with 8 (spawning them cost more than the data they drew; benchmarks/results/README.md).
         self.data_workers = data_workers or 0
+        self.allow_weak_vae = allow_weak_vae
+        self.gate_prompts = gate_prompts
+        # What decides the data and the schedule: a resumed run must be given the same values.
+        recipe = {"seed": seed, "scale": scale, "batch_multiplier": batch_multiplier, "minutes": minutes}
         progress = self.folder / "progress.json"
         if progress.is_file():
             self.progress = json.loads(progress.read_text())
-            if (self.progress["seed"], self.progress["scale"]) != (seed, scale):
-                raise ValueError(f"{self.folder} holds a run with seed {self.progress['seed']} and scale "
-                                 f"{self.progress['scale']}; resume it with those values or use a new --run-dir")
+            recorded = {key: self.progress.get(key, 1 if key == "batch_multiplier" else None) for key in recipe}
+            if recorded != recipe:
+                given = ", ".join(f"{k} {v}" for k, v in recorded.items())
+                raise ValueError(f"{self.folder} holds a run with {given}; resume it with those values or use a new --run-dir")
         else:
-            self.progress = {"seed": seed, "scale": scale, "completed": [], "stage": None, "step": 0}
+            self.progress = {**recipe, "completed": [], "stage": None, "step": 0, "planned_steps": {},
+                             "stage_seconds": {}, "vae_gate": None}
             self._create()
 
     def _create(self) -> None:
@@ -180,8 +209,15 @@ class Run:
         partial.write_text(json.dumps(self.progress, indent=1))
         partial.replace(self.folder / "progress.json")
 
-    def steps(self, stage: Stage) -> int:
-        return max(1, round(stage.steps * self.progress["scale"]))
+    def steps(self, stage: Stage) -> int | None:
+        """The stage's step count: from the table and `--scale`, or as planned for `--minutes` (None until
+        the stage's probe steps have run)."""
+        if self.progress["minutes"] is None:
+            return max(1, round(stage.steps * self.progress["scale"]))
+        return self.progress["planned_steps"].get(stage.name)
+
+    def batched(self, stage: Stage) -> Stage:
+        return dataclasses.replace(stage, tasks={task: batch * self.progress["batch_multiplier"] for task, batch in stage.tasks.items()})
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -193,65 +229,147 @@ class Run:
         for stage in stages:
             if stage.name in self.progress["completed"]:
                 continue
-            if budget[0] <= 0 or not self._run_stage(stage, budget):
+            self._check_vae_gate(stage)
+            if budget[0] <= 0 or not self._run_stage(self.batched(stage), stages, budget):
                 return False
         plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
         return True
 
+    def _check_vae_gate(self, stage: Stage) -> None:
+        gate = self.progress["vae_gate"]
+        if "head" not in stage.trainable or gate is None or gate["passed"] or self.allow_weak_vae:
+            return
+        raise WeakVAE(f"the VAE's reconstructions keep only {gate['worst_ratio']:.2f} of the ground-truth score "
+                      f"(needs {VAE_GATE}); train it longer in a new run (--scale or --minutes), or resume this one "
+                      "with --allow-weak-vae to train the head on it anyway")
+
     def _load(self) -> InternVLUPipeline:
         return InternVLUPipeline.from_pretrained(self.model_dir).to(self.device)
 
-    def _run_stage(self, stage: Stage, budget: list) -> bool:
+    def _run_stage(self, stage: Stage, stages: tuple[Stage, ...], budget: list) -> bool:
         pipe = self._load()
         modules = _trainable_modules(pipe, stage.trainable)
         parameters = _named_parameters(modules)
         for module in modules.values():
             module.train().requires_grad_(True)
-        optimizer = torch.optim.AdamW(parameters.values(), lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        optimizer = torch.optim.AdamW(parameters.values(), lr=stage.lr, betas=(0.9, 0.99), weight_decay=0.0,
+                                      fused=self.device.type == "cuda")
         start = 0
+        average = None
         if self.progress["stage"] == stage.name:
             start = self.progress["step"]
-            self._load_optimizer(optimizer, parameters)
+            average = self._load_optimizer(optimizer, parameters, stage)
             self.log(f"[{stage.name}] resuming at step {start}")
-        total = self.steps(stage)
-        data = StepData(self.progress["seed"], stage, start, total, self.data_workers)
+        data = StepData(self.progress["seed"], stage, start, self.steps(stage) or math.inf, self.data_workers)
         try:
-            return self._steps(pipe, stage, optimizer, parameters, data, start, total, budget)
+            return self._steps(pipe, stage, stages, optimizer, parameters, average, data, start, budget)
         finally:
             data.close()
 
-    def _steps(self, pipe, stage: Stage, optimizer, parameters, data: StepData, start: int, total: int, budget: list) -> bool:
+    def _planned_total(self, stage: Stage, stages: tuple[Stage, ...], seconds_per_step: float, done: int) -> int:
+        """Steps that fit this stage's share of what is left of the `--minutes` budget (time already spent in
+        this stage included), at the probe's rate; at least one more than `done`."""
+        others = sum(seconds for name, seconds in self.progress["stage_seconds"].items() if name != stage.name)
+        left = [s for s in stages if s.name not in self.progress["completed"]]
+        share = (self.progress["minutes"] * 60 - others) * stage.share / sum(s.share for s in left)
+        spent = self.progress["stage_seconds"].get(stage.name, 0.0)
+        return max(done + 1, int(done + (share - spent) / seconds_per_step))
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _steps(self, pipe, stage: Stage, stages, optimizer, parameters, average, data: StepData, start: int, budget: list) -> bool:
+        total = self.steps(stage)
+        if average is None:
+            average = WeightAverage(parameters, total or PROBE_STEPS)
+        seconds_before = self.progress["stage_seconds"].get(stage.name, 0.0)
         began = last_checkpoint = time.perf_counter()
-        for step in range(start, total):
+        probe_from = None
+        gate_steps = {max(1, round(total * f)) for f in VAE_GATE_CHECKS} if stage.name == "vae" and total else set()
+        step = start
+        while total is None or step < total:
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(stage, total, step)
+                group["lr"] = _learning_rate(stage, total or PROBE_STEPS * 100, step)
             _, generator = _seeded(self.progress["seed"], stage.name, step)
-            terms = losses.step_losses(pipe, data.next(step), generator)
+            with self._autocast():
+                terms = losses.step_losses(pipe, data.next(step), generator)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters.values(), GRAD_CLIP)
             optimizer.step()
+            average.update(step)
             self._record(stage, step, {k: float(v.detach()) for k, v in terms.items()})
             done = step + 1
-            if done % 20 == 0 or done == total:
+            step = done
+            if total is None:  # planning a `--minutes` stage: time this process's steps 2..PROBE_STEPS (the first warms up)
+                if done - start == 1:
+                    probe_from = time.perf_counter()
+                elif done - start == PROBE_STEPS:
+                    rate = (time.perf_counter() - probe_from) / (PROBE_STEPS - 1)
+                    total = self._planned_total(stage, stages, rate, done)
+                    self.progress["planned_steps"][stage.name] = total
+                    average.plan(total)
+                    data.total = total
+                    if stage.name == "vae":
+                        gate_steps = {max(PROBE_STEPS, round(total * f)) for f in VAE_GATE_CHECKS}
+                    self.log(f"[{stage.name}] planned {total} steps for its share of {self.progress['minutes']} min")
+                    self._write_progress()
+            if total is not None and (done % 20 == 0 or done == total):
                 rate = (time.perf_counter() - began) / (done - start)
                 self.log(f"[{stage.name}] step {done}/{total} loss {float(loss.detach()):.4f} "
                          f"({rate:.2f} s/step, {rate * (total - done) / 60:.1f} min left)")
+            self.progress["stage_seconds"][stage.name] = seconds_before + time.perf_counter() - began
+            if done in gate_steps and self._vae_gate(pipe, average, done):
+                break  # good enough: the time left goes to the stages after it
             budget[0] -= 1
-            if done < total and budget[0] <= 0:
-                self._checkpoint(pipe, optimizer, parameters, stage, done)
+            if (total is None or done < total) and budget[0] <= 0:
+                self._checkpoint(pipe, optimizer, parameters, average, stage, done)
                 self.log(f"[{stage.name}] stopped after step {done} (--max-steps); run the same command to resume")
                 return False
-            if done < total and time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
-                self._checkpoint(pipe, optimizer, parameters, stage, done)
+            if (total is None or done < total) and time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
+                self._checkpoint(pipe, optimizer, parameters, average, stage, done)
                 last_checkpoint = time.perf_counter()
+        average.copy_to_model()
         if stage.name == "vae":
+            if not (self.progress["vae_gate"] or {}).get("passed"):
+                self._vae_gate(pipe, None, step)
             self._measure_latent_statistics(pipe)
         self.progress["completed"].append(stage.name)
-        self._checkpoint(pipe, None, parameters, None, 0)
+        self._checkpoint(pipe, None, parameters, None, None, 0)
         plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
         return True
+
+    def _vae_gate(self, pipe: InternVLUPipeline, average: WeightAverage | None, step: int) -> bool:
+        """Score the VAE (its averaged weights, when given) on the reconstruction calibration; record and
+        return whether every task keeps `VAE_GATE` of its ground-truth score."""
+        module = pipe.vae.model
+        kept = {name: p.detach().clone() for name, p in average.parameters.items()} if average else None
+        if average:
+            average.copy_to_model()
+        module.eval()
+        try:
+            with torch.no_grad():
+                outcome = Evaluator(pipe, EvalSettings(prompts=self.gate_prompts, tasks=("vae",),
+                                                       seed=self.progress["seed"])).run()
+        finally:
+            module.train()
+            if kept:
+                with torch.no_grad():
+                    for name, parameter in average.parameters.items():
+                        parameter.copy_(kept[name])
+        if "vae" not in outcome:
+            raise RuntimeError(f"the VAE gate could not be scored: {outcome.get('failed', {}).get('vae')}")
+        report = outcome["vae"]
+        ratios = {task: report[task]["ratio"] for task in ("t2i", "words", "edit") if task in report}
+        passed = min(ratios.values()) >= VAE_GATE
+        self.progress["vae_gate"] = {"step": step, "passed": passed, "worst_ratio": min(ratios.values()), "ratios": ratios,
+                                     "words_measured": "words" in report}
+        self.log(f"[vae] gate at step {step}: reconstruction/ground-truth {ratios} -> {'passed' if passed else 'not yet'}")
+        self._write_progress()
+        return passed
 
     def _record(self, stage: Stage, step: int, terms: dict[str, float]) -> None:
         with open(self.folder / "losses.jsonl", "a") as f:
@@ -259,11 +377,12 @@ class Run:
 
     # ---- checkpoints -----------------------------------------------------------------------------------
 
-    def _checkpoint(self, pipe: InternVLUPipeline, optimizer, parameters, stage: Stage | None, step: int) -> None:
+    def _checkpoint(self, pipe: InternVLUPipeline, optimizer, parameters, average: WeightAverage | None,
+                    stage: Stage | None, step: int) -> None:
         for component, module in (("vlm", pipe.vlm), ("generation_decoder", pipe.generation_decoder), ("vae", pipe.vae.model)):
             nano.save_weights(module, self.model_dir / component, nano.WEIGHT_FILES[component])
         if optimizer is not None:
-            tensors, steps = {}, {}
+            tensors, steps = average.tensors(), {}
             for name, parameter in parameters.items():
                 state = optimizer.state.get(parameter)
                 if state:
@@ -277,7 +396,7 @@ class Run:
         self.progress["step"] = step
         self._write_progress()
 
-    def _load_optimizer(self, optimizer: torch.optim.Optimizer, parameters: dict) -> None:
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, parameters: dict, stage: Stage) -> WeightAverage:
         path = self.folder / "optimizer.safetensors"
         from safetensors import safe_open
 
@@ -287,18 +406,21 @@ class Run:
         for name, parameter in parameters.items():
             if name in steps:
                 optimizer.state[parameter] = {
-                    "step": torch.tensor(steps[name]),
+                    # fused AdamW keeps its step count on the parameter's device
+                    "step": torch.tensor(steps[name], device=parameter.device if self.device.type == "cuda" else "cpu"),
                     "exp_avg": tensors[f"{name}::exp_avg"].to(parameter.device),
                     "exp_avg_sq": tensors[f"{name}::exp_avg_sq"].to(parameter.device),
                 }
+        average = WeightAverage(parameters, self.steps(stage) or PROBE_STEPS)
+        average.load({k: v.to(self.device) for k, v in tensors.items() if k.endswith("::average")})
+        return average
 
     @torch.no_grad()
     def _measure_latent_statistics(self, pipe: InternVLUPipeline) -> None:
         """Per-channel mean and std of the trained VAE's latents, written where the runtime reads them."""
         rng = random.Random(f"{self.progress['seed']}/latent-statistics")
         pipe.vae.model.eval()
-        images = [world.render(world.random_scene(rng)) for _ in range(LATENT_STAT_IMAGES)]
-        x = losses.target_pixels(images, pipe)[:, :, None]
+        x = losses.scene_pixels(pipe, [world.random_scene(rng) for _ in range(LATENT_STAT_IMAGES)])[:, :, None]
         latents = torch.cat([pipe.vae.model.encode(part).latent_dist.mode() for part in x.split(32)])[:, :, 0]
         mean = latents.mean(dim=(0, 2, 3))
         std = latents.std(dim=(0, 2, 3)).clamp(min=1e-3)

@@ -1,4 +1,5 @@
-"""A shortened training run of the real curriculum: every stage, the export, resuming, and `internvlu eval`."""
+"""A shortened training run of the real curriculum: every stage, the VAE gate, the weight averages, a
+`--minutes` plan, the export, resuming, and `internvlu eval`."""
 
 import json
 import math
@@ -9,9 +10,10 @@ from safetensors.torch import load_file
 
 from conftest import assert_answer_stops_where_generation_stops
 from internvlu.runtime.pipeline import InternVLUPipeline
-from internvlu.train import nano
+from internvlu.train import losses, nano, world
 from internvlu.train.__main__ import main as train_main
-from internvlu.train.trainer import Run, Stage, _seeded
+from internvlu.train.ema import WeightAverage
+from internvlu.train.trainer import PROBE_STEPS, Run, Stage, WeakVAE, _seeded
 from tests.cli.helpers import run_cli
 
 SHORT = (
@@ -29,10 +31,15 @@ def _weights(folder):
             for k, v in load_file(str(folder / "model" / c / f"{stem}.safetensors")).items()}
 
 
+def _run(folder, **settings) -> Run:
+    """A run whose VAE gate scores 2 prompts a task, and which trains the head past a failed gate."""
+    return Run(folder, seed=0, log=lambda _: None, gate_prompts=2, **{"allow_weak_vae": True, **settings})
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run") / "nano"
-    run = Run(folder, seed=0, log=lambda _: None)
+    run = _run(folder)
     initial = _weights(folder)
     assert run.train(SHORT)
     out = folder.parent / "exported"
@@ -78,10 +85,10 @@ def test_the_export_loads_and_draws_with_the_runtime(short_run):
 def test_an_interrupted_run_resumes_to_the_same_weights(short_run, tmp_path):
     straight, _, _ = short_run
     folder = tmp_path / "resumed"
-    assert not Run(folder, seed=0, log=lambda _: None).train(SHORT, max_steps=3)  # stops inside `backbone`
+    assert not _run(folder).train(SHORT, max_steps=3)  # stops inside `backbone`
     progress = json.loads((folder / "progress.json").read_text())
     assert progress["completed"] == ["vae"] and progress["stage"] == "backbone" and progress["step"] == 1
-    assert Run(folder, seed=0, log=lambda _: None).train(SHORT)
+    assert _run(folder).train(SHORT)
     a, b = _weights(straight), _weights(folder)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -91,7 +98,7 @@ def test_data_workers_change_nothing_but_the_wall_time(short_run, tmp_path):
     """Two processes drawing the data ahead of the model give the same weights as drawing it inline."""
     straight, _, _ = short_run
     folder = tmp_path / "prefetched"
-    assert Run(folder, seed=0, log=lambda _: None, data_workers=2).train(SHORT)
+    assert _run(folder, data_workers=2).train(SHORT)
     a, b = _weights(straight), _weights(folder)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -112,6 +119,74 @@ def test_a_run_folder_refuses_other_settings(short_run):
     folder, _, _ = short_run
     with pytest.raises(ValueError, match="seed 0"):
         Run(folder, seed=1)
+    with pytest.raises(ValueError, match="batch_multiplier 1"):
+        Run(folder, seed=0, batch_multiplier=2)
+    with pytest.raises(ValueError, match="minutes None"):
+        Run(folder, seed=0, minutes=5)
+
+
+def test_the_vae_gate_is_recorded_and_stops_the_head_on_a_weak_vae(short_run, tmp_path):
+    folder, _, _ = short_run
+    gate = json.loads((folder / "progress.json").read_text())["vae_gate"]
+    assert gate["passed"] is False and set(gate["ratios"]) == {"t2i", "words", "edit"}  # two steps make no VAE
+    strict = tmp_path / "strict"
+    with pytest.raises(WeakVAE, match="--allow-weak-vae"):
+        _run(strict, allow_weak_vae=False).train(SHORT[:3])
+    progress = json.loads((strict / "progress.json").read_text())
+    assert progress["completed"] == ["vae", "backbone"] and progress["stage"] is None  # nothing of stage1 ran
+    assert _run(strict).train(SHORT[:3])  # the same run, told to go on anyway
+
+
+def test_a_minutes_budget_plans_every_stage_from_its_probe_and_keeps_the_plan(tmp_path):
+    stages = (SHORT[0], SHORT[2])
+    folder = tmp_path / "timed"
+    # Half a second leaves each stage the fewest steps a plan can have: its probe and one more.
+    assert not _run(folder, minutes=0.01).train(stages, max_steps=PROBE_STEPS + 3)  # stops in stage1's probe
+    progress = json.loads((folder / "progress.json").read_text())
+    planned = progress["planned_steps"]["vae"]
+    assert planned == PROBE_STEPS + 1 and "stage1" not in progress["planned_steps"]
+    assert progress["completed"] == ["vae"] and (progress["stage"], progress["step"]) == ("stage1", 2)
+    assert _run(folder, minutes=0.01).train(stages)
+    progress = json.loads((folder / "progress.json").read_text())
+    assert progress["planned_steps"]["vae"] == planned and progress["planned_steps"]["stage1"] >= PROBE_STEPS + 1
+    records = [json.loads(line) for line in (folder / "losses.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records].count("stage1") == progress["planned_steps"]["stage1"]
+
+
+def test_a_batch_multiplier_scales_every_task():
+    run_stage = SHORT[4]
+    folder_free = Run.__new__(Run)
+    folder_free.progress = {"batch_multiplier": 3}
+    assert folder_free.batched(run_stage).tasks == {task: 3 * batch for task, batch in run_stage.tasks.items()}
+
+
+def test_the_weight_average_warms_up_then_holds_a_tenth_of_the_stage_as_half_life():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    average = WeightAverage({"w": weight}, stage_steps=100)
+    expected = torch.zeros(3)
+    for step in range(30):
+        with torch.no_grad():
+            weight.add_(1.0)
+        average.update(step)
+        decay = min(0.5 ** (1 / 10), (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * weight.detach()
+    assert torch.allclose(average.averages["w"], expected) and average.decay == pytest.approx(0.5 ** 0.1)
+    assert float(average.averages["w"][0]) < float(weight[0]) - 2  # it lags the last weights
+    average.copy_to_model()
+    assert torch.allclose(weight.detach(), expected)
+
+
+def test_training_targets_are_the_processors_tensors_of_the_same_renders(short_run):
+    _, out, _ = short_run
+    pipe = InternVLUPipeline.from_pretrained(out)
+    rng = __import__("random").Random(3)
+    scenes = [world.random_scene(rng) for _ in range(6)] + [world.random_edit_source(rng) for _ in range(2)]
+    for width, height in world.IMAGE_SIZES:
+        batch = losses.scene_pixels(pipe, scenes, width, height)
+        one_by_one = losses.target_pixels([world.render(s, width, height) for s in scenes], pipe)
+        assert torch.equal(batch, one_by_one)
+        pictures = losses.scene_images(pipe, scenes, width, height)
+        assert all(p.tobytes() == world.render(s, width, height).tobytes() for p, s in zip(pictures, scenes))
 
 
 def test_the_training_command_refuses_a_non_empty_output(tmp_path, capsys):
