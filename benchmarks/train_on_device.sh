@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Train internvlu-nano's whole curriculum in one call on a lent GPU, then evaluate it and draw the README's
+# grid; everything lands in $OUT within the device's limits (at most 8 files of at most 16 MiB):
+#   nano.tar.part-*   the exported model (official layout, bfloat16, ~28 MB) as 15 MiB parts:
+#                     cat nano.tar.part-* | tar -x  ->  nano/ (+ losses.jsonl, loss_curves.png)
+#   eval.json         `internvlu eval` on 200 held-out prompts a task (float32, 20 steps)
+#   samples.png       eval's sample grid;  red-circle.png  `gen "a red circle above a blue square" -n 8`
+#   train.log         the trainer's log (the plan per stage, the VAE gate, losses)
+#
+#   OUT=/tmp/out bash benchmarks/train_on_device.sh                       # on the GPU: ~8 min in all
+#   OUT=/tmp/out DEVICE=cpu MINUTES=1.5 EVAL_PROMPTS=4 bash benchmarks/train_on_device.sh   # a dry run here
+#
+# Wheels in .whl/ (pinned transformers/diffusers/tokenizers/huggingface_hub, when the device image has other
+# versions) are installed into /tmp/site first.
+set -uo pipefail
+: "${OUT:?set OUT to a folder for the results}"
+DEVICE=${DEVICE:-cuda}
+MINUTES=${MINUTES:-5}                  # training budget; set-up, evaluation and packing take the rest
+EVAL_PROMPTS=${EVAL_PROMPTS:-200}
+if [ "$DEVICE" = cuda ]; then BATCH_MULTIPLIER=${BATCH_MULTIPLIER:-16}; else BATCH_MULTIPLIER=${BATCH_MULTIPLIER:-1}; fi
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+WORK=${WORK:-/tmp/internvlu-train}
+rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)" || exit 1
+command -v tesseract >/dev/null || echo "no tesseract here: the words task and the VAE gate's words part are skipped"
+
+start=$(date +%s)
+# A weak VAE is trained on rather than stopping the one call; eval.json and the log say how it did.
+python3 -m internvlu.train "$WORK/nano" --run-dir "$WORK/run" --minutes "$MINUTES" --device "$DEVICE" \
+  --batch-multiplier "$BATCH_MULTIPLIER" --allow-weak-vae >"$OUT/train.log" 2>&1
+status=$?
+echo "training: exit $status after $(( $(date +%s) - start )) s"; grep -E "planned|gate|wrote" "$OUT/train.log"
+[ $status -eq 0 ] && [ -f "$WORK/nano/model_index.json" ] || { tail -30 "$OUT/train.log"; exit 1; }
+
+# The README's first command, on the trained model, eight seeds in one grid.
+python3 -m internvlu gen "a red circle above a blue square" --model "$WORK/nano" --device "$DEVICE" --dtype float32 \
+  -n 8 --seed 0 --out-dir "$WORK/circles" -q && python3 - "$WORK/circles" "$OUT/red-circle.png" <<'EOF'
+import sys
+from pathlib import Path
+from PIL import Image
+images = [Image.open(p).convert("RGB") for p in sorted(Path(sys.argv[1]).glob("*.png"))]
+grid = Image.new("RGB", (128 * len(images), 128), "white")
+for i, image in enumerate(images):
+    grid.paste(image.resize((128, 128), Image.Resampling.NEAREST), (128 * i, 0))
+grid.save(sys.argv[2])
+EOF
+python3 -m internvlu eval --model "$WORK/nano" --device "$DEVICE" --dtype float32 --prompts "$EVAL_PROMPTS" \
+  --out-dir "$WORK/eval" -q >"$OUT/eval.json" 2>"$WORK/eval.err" || tail -5 "$WORK/eval.err"
+cp "$WORK/eval/samples.png" "$OUT/samples.png" 2>/dev/null
+cp "$WORK/run/losses.jsonl" "$WORK/nano/losses.jsonl"
+tar -C "$WORK" -cf - nano | split -b 15m - "$OUT/nano.tar.part-"
+echo "done in $(( $(date +%s) - start )) s"; ls -la "$OUT"; tail -c 800 "$OUT/eval.json"
