@@ -44,7 +44,7 @@ from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, 
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
 from internvlu.runtime.processor import InternVLUProcessor, ProcessorOutput
 from internvlu.runtime.sampler import StepCallback, build_scheduler, sample
-from internvlu.runtime.step_cache import MIN_STEPS, PROFILES, StepCache
+from internvlu.runtime.step_cache import PROFILES, StepCache, off_reason
 from internvlu.runtime.vae import VAE, build_vae, to_uint8_images
 
 log = logging.getLogger(__name__)
@@ -357,12 +357,9 @@ class InternVLUPipeline:
         row, which predicts it while the guidance branches are cached."""
         if accel == "off":
             return None
-        if steps < MIN_STEPS:
-            log.info("accel %s is off at %d steps: it needs at least %d, fewer steps change too much to reuse",
-                     accel, steps, MIN_STEPS)
-            return None
-        if self.backend != "torch":
-            log.info("accel %s is off: it needs the torch head, and this one runs in %s", accel, self.backend)
+        reason = off_reason(accel, steps, self.backend)
+        if reason is not None:
+            log.info(reason)
             return None
         edit = any(sample.conditions for sample in conditioning.samples)
         num_samples = len(conditioning.distinct_of_row) // BRANCHES

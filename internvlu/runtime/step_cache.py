@@ -30,6 +30,17 @@ import torch
 MIN_STEPS = 9  # fewer steps change too much between them to reuse: accel is off
 
 
+def off_reason(accel: str, steps: int, backend: str = "torch") -> str | None:
+    """Why an `accel` other than off runs the exact path after all, in words; None when it applies."""
+    if accel == "off":
+        return None
+    if steps < MIN_STEPS:
+        return f"accel {accel} is off at {steps} steps: it needs at least {MIN_STEPS}, fewer steps change too much to reuse"
+    if backend != "torch":
+        return f"accel {accel} is off: it needs the torch head, and this one runs in {backend}"
+    return None
+
+
 @dataclass(frozen=True)
 class CacheProfile:
     residual_threshold: float  # relative mean change of the first block's residual under which the rest is reused
