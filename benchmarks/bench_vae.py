@@ -1,5 +1,6 @@
-"""VAE encode and decode of one image with the 2-D path for single frames and with diffusers' 3-D path, side by
-side in one process (best of N after a warm-up); one JSON line with the times and the largest difference.
+"""VAE encode and decode of one image with the 2-D path for single frames (channels-last, and in the default
+layout) and with diffusers' 3-D path, side by side in one process (best of N after a warm-up); one JSON line
+with the times, the speed-ups and the largest differences.
 
     python -m internvlu.synthetic /tmp/small --size small && python benchmarks/bench_vae.py /tmp/small --size 256
 """
@@ -37,14 +38,18 @@ def main() -> None:
     latents = vae.encode(pixels)
     result = {"benchmark": "vae", "model": args.model, "size": args.size, "threads": torch.get_num_threads()}
     outputs = {}
-    for path in ("planar", "3d"):
-        use_planar_convolutions(vae.model, path == "planar")
+    for path in ("planar", "planar_contiguous", "3d"):
+        use_planar_convolutions(vae.model, path != "3d", channels_last=path == "planar")
         result[f"encode_{path}_s"] = round(best_of(lambda: vae.encode(pixels), args.runs), 3)
         result[f"decode_{path}_s"] = round(best_of(lambda: vae.decode(latents), args.runs), 3)
         outputs[path] = (vae.encode(pixels), vae.decode(latents))
     result["encode_speedup"] = round(result["encode_3d_s"] / result["encode_planar_s"], 2)
     result["decode_speedup"] = round(result["decode_3d_s"] / result["decode_planar_s"], 2)
+    result["channels_last_encode_speedup"] = round(result["encode_planar_contiguous_s"] / result["encode_planar_s"], 2)
+    result["channels_last_decode_speedup"] = round(result["decode_planar_contiguous_s"] / result["decode_planar_s"], 2)
     result["max_abs_difference"] = max(float((a - b).abs().max()) for a, b in zip(outputs["planar"], outputs["3d"]))
+    result["channels_last_max_abs_difference"] = max(
+        float((a - b).abs().max()) for a, b in zip(outputs["planar"], outputs["planar_contiguous"]))
     print(json.dumps(result, separators=(",", ":")), flush=True)
 
 
