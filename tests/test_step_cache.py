@@ -30,19 +30,20 @@ def block_rows(tiny_pipe):
         hook.remove()
 
 
-def draw(pipe, accel, steps=STEPS, **call):
-    out = pipe(**{**T2I, **call}, num_inference_steps=steps, generator=torch.Generator().manual_seed(3),
+def draw(pipe, accel, steps=STEPS, seed=3, **call):
+    out = pipe(**{**T2I, **call}, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
                output_type="latent", accel=accel)
     return out.latents
 
 
 def test_safe_and_fast_are_deterministic_and_close_to_off(tiny_pipe):
     exact = draw(tiny_pipe, "off")
+    another_image = (draw(tiny_pipe, "off", seed=4) - exact).abs().mean()
     for accel in ("safe", "fast"):
         first, second = draw(tiny_pipe, accel), draw(tiny_pipe, accel)
         assert torch.equal(first, second)
         assert torch.isfinite(first).all() and not torch.equal(first, exact)
-        assert (first - exact).abs().mean() < 0.1 * exact.abs().mean()
+        assert (first - exact).abs().mean() < 0.25 * another_image  # an approximation of this image, not another
 
 
 def test_cached_guidance_branches_skip_their_block_work(tiny_pipe, block_rows):
@@ -60,7 +61,7 @@ def test_cached_guidance_branches_skip_their_block_work(tiny_pipe, block_rows):
 def test_first_block_caching_reuses_the_other_blocks_when_allowed(tiny_pipe, block_rows, monkeypatch):
     blocks = len(tiny_pipe.generation_decoder.decoder.transformer_blocks)
     always = CacheProfile(residual_threshold=math.inf, max_reuse=2, warmup_steps=3, branch_cache_from=1.0,
-                          branch_refresh=1, forecast=False)
+                          branch_refresh=1)
     monkeypatch.setitem(PROFILES, ("safe", False), always)
     draw(tiny_pipe, "safe")
     # After the warm-up every row computes one step in three (two reuses between): the rest only runs the first block.
@@ -69,8 +70,7 @@ def test_first_block_caching_reuses_the_other_blocks_when_allowed(tiny_pipe, blo
 
 
 def test_with_nothing_reusable_the_cached_path_is_the_exact_velocity(tiny_pipe, monkeypatch):
-    never = CacheProfile(residual_threshold=0.0, max_reuse=0, warmup_steps=0, branch_cache_from=1.0,
-                         branch_refresh=1, forecast=False)
+    never = CacheProfile(residual_threshold=0.0, max_reuse=0, warmup_steps=0, branch_cache_from=1.0, branch_refresh=1)
     monkeypatch.setitem(PROFILES, ("safe", False), never)
     torch.testing.assert_close(draw(tiny_pipe, "safe"), draw(tiny_pipe, "off"), rtol=1e-5, atol=1e-5)
 
@@ -89,7 +89,7 @@ def test_edits_reuse_less_than_text_to_image():
         assert editing.max_reuse <= drawing.max_reuse and editing.branch_cache_from > drawing.branch_cache_from
         assert editing.warmup_steps >= drawing.warmup_steps
     safe, fast = PROFILES[("safe", False)], PROFILES[("fast", False)]
-    assert safe.residual_threshold < fast.residual_threshold and not safe.forecast
+    assert safe.residual_threshold < fast.residual_threshold
 
 
 def test_an_edit_uses_the_edit_profile(tiny_pipe, test_image, monkeypatch):
