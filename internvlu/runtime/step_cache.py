@@ -59,7 +59,7 @@ PROFILES = {
     ("safe", False): CacheProfile(0.5, 5, 2, 0.1, 20),
     ("safe", True): CacheProfile(0.3, 3, 3, 0.3, 6),
     ("fast", False): CacheProfile(3.0, 5, 2, 0.1, 20),
-    ("fast", True): CacheProfile(1.5, 4, 3, 0.2, 10),
+    ("fast", True): CacheProfile(0.8, 4, 3, 0.2, 8),
 }
 
 
