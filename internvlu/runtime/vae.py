@@ -9,8 +9,8 @@ front, so only its last temporal tap ever meets data. `build_vae` gives every su
 one uncached frame (that tap as a 2-D kernel: a third of the FLOPs of a 3x3x3 kernel, the same sums up to
 float rounding); anything else (several frames, cached frames) takes diffusers' 3-D path. On a CPU the 2-D
 convolutions run in the channels-last layout, which oneDNN's kernels take without reordering: on the `small`
-checkpoint at 256 px encode and decode are ~1.7x faster again (`benchmarks/bench_vae.py`), the same sums in
-another order.
+checkpoint at 256 px encode 1.14x and decode 1.11x faster than the default layout (`benchmarks/bench_vae.py`,
+rotating rounds on a loaded 2-core machine), the same sums in another order (largest difference 7.7e-6).
 """
 
 from __future__ import annotations
