@@ -56,10 +56,10 @@ class CacheProfile:
 
 
 PROFILES = {
-    ("safe", False): CacheProfile(0.5, 5, 2, 0.1, 20),
-    ("safe", True): CacheProfile(0.3, 3, 3, 0.3, 6),
-    ("fast", False): CacheProfile(3.0, 5, 2, 0.1, 20),
-    ("fast", True): CacheProfile(0.8, 4, 3, 0.2, 8),
+    ("safe", False): CacheProfile(0.5, 3, 4, 0.5, 2),
+    ("safe", True): CacheProfile(0.3, 2, 4, 0.6, 2),
+    ("fast", False): CacheProfile(0.8, 4, 3, 0.3, 3),
+    ("fast", True): CacheProfile(0.3, 3, 3, 0.4, 3),
 }
 
 
