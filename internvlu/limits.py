@@ -26,3 +26,4 @@ MAX_QUEUE = 10_000
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 HEAD_BACKENDS = ("auto", "torch", "onnx", "trt")  # where the head's denoise step runs
+ACCEL_LEVELS = ("off", "safe", "fast")  # approximate step and branch caching (runtime.step_cache); off is exact

@@ -109,10 +109,10 @@ class Recorder:
         self.head, self.forward = head, head.forward
         self.samples, self.velocities, self.timesteps = None, [], []
 
-    def __call__(self, latents, timestep, samples, prepared=None):
+    def __call__(self, latents, timestep, samples, prepared=None, cache=None):
         self.samples = samples
         self.timesteps.append(timestep.clone())
-        out = self.forward(latents, timestep, samples, prepared)
+        out = self.forward(latents, timestep, samples, prepared, cache)
         self.velocities.append(out.clone())
         return out
 

@@ -1,4 +1,5 @@
-"""The VAE's 2-D path for single images: the same numbers as diffusers' causal 3-D convolutions, without them."""
+"""The VAE's 2-D path for single images: the same numbers as diffusers' causal 3-D convolutions, without them, in
+either memory layout."""
 
 import torch
 
@@ -33,3 +34,13 @@ def test_several_frames_keep_the_3d_path(tiny_dir, monkeypatch):
     assert calls
     use_planar_convolutions(vae.model, False)
     torch.testing.assert_close(vae.model.encode(video).latent_dist.mode(), mixed, atol=1e-5, rtol=0)
+
+
+def test_the_channels_last_layout_gives_the_default_layouts_numbers(tiny_dir):
+    vae = InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32).vae
+    pixels = golden_tensors("unit_vae")["pixels"]
+    latents = vae.encode(pixels)  # channels-last, the default on a CPU
+    decoded = vae.decode(latents)
+    use_planar_convolutions(vae.model, True, channels_last=False)
+    torch.testing.assert_close(vae.encode(pixels), latents, atol=1e-5, rtol=0)
+    torch.testing.assert_close(vae.decode(latents), decoded, atol=1e-5, rtol=0)

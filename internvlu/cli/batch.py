@@ -201,6 +201,7 @@ def batch(
     aspect: opt.Aspect = None,
     cot: opt.Cot = None,
     cot_tokens: opt.CotTokens = None,
+    accel: opt.Accel = None,
     out_dir: opt.OutDir = None,
     overwrite: opt.Overwrite = False,
     model: opt.Model = None,
@@ -234,7 +235,7 @@ def batch(
     with ui.capture_logs():
         config = settings.load_config()
         flags = settings.flag_layer(steps=steps, cfg=cfg, part_cfg=part_cfg, size=size, aspect=aspect, cot=cot,
-                                    max_new_tokens=cot_tokens, dtype=opt.enum_value(dtype),
+                                    max_new_tokens=cot_tokens, accel=opt.enum_value(accel), dtype=opt.enum_value(dtype),
                                     device=opt.enum_value(device), backend=opt.enum_value(backend))
         batch_preset = settings.preset_layer(preset) if preset is not None else None  # checked once, up front
         base = resolve(settings.layers(config, flags, [batch_preset] if batch_preset else []), preset=preset)

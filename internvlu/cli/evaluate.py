@@ -28,6 +28,7 @@ def evaluate(
         "--out-dir", metavar="DIR", help="Also write eval.json and samples.png (a grid of outputs) here.")] = None,
     seed: Annotated[int, typer.Option("--seed", "-s", min=0, max=MAX_SEED, help="Seed of the prompts and the noise.")] = 1234,
     batch: Annotated[int, typer.Option("--batch", min=1, max=512, help="Prompts per pipeline call.")] = 25,
+    accel: opt.Accel = None,
     overwrite: opt.Overwrite = False,
     model: opt.Model = None,
     device: opt.Device = None,
@@ -48,6 +49,7 @@ def evaluate(
 
       internvlu eval --model nano --prompts 200 --out-dir eval/
     """
+    from internvlu.runtime.step_cache import off_reason
     from internvlu.train.evaluate import TASKS, EvalSettings, Evaluator, unmet_needs
 
     opt.set_debug(debug)
@@ -70,10 +72,13 @@ def evaluate(
         flags = settings.flag_layer(dtype=opt.enum_value(dtype), device=opt.enum_value(device),
                                     backend=opt.enum_value(backend))
         session = Session(ui, model_name, resolve(settings.layers(config, flags))).load()
-        evaluator = Evaluator(session.pipe, EvalSettings(prompts=prompts, steps=steps, batch=batch, seed=seed, tasks=chosen),
-                              log=ui.info)
+        accel_level = opt.enum_value(accel) or "off"
+        if accel_note := off_reason(accel_level, steps, session.pipe.backend):
+            ui.info(f"note: {accel_note}")
+        evaluator = Evaluator(session.pipe, EvalSettings(prompts=prompts, steps=steps, batch=batch, seed=seed, tasks=chosen,
+                                                         accel=accel_level), log=ui.info)
         report = {"model": session.model_identity, "prompts_per_task": prompts, "steps": steps, "seed": seed,
-                  **evaluator.run()}
+                  "accel": accel_level, **evaluator.run()}
     if targets:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(targets["json"], (json.dumps(report, indent=1) + "\n").encode(), overwrite)

@@ -78,15 +78,15 @@ def say_shape_change(ui: UI, session: Session, values, inputs: list[InputImage])
 
 
 def make_images(command: str, prompt: str | None, image_paths: list[str], *, preset, steps, cfg, part_cfg, size,
-                aspect, seeds, count, cot, cot_tokens, out, out_dir, overwrite, from_, model, device, dtype, backend,
-                as_json, quiet, debug) -> None:
+                aspect, seeds, count, cot, cot_tokens, accel, out, out_dir, overwrite, from_, model, device, dtype,
+                backend, as_json, quiet, debug) -> None:
     opt.set_debug(debug)
     ui = UI(quiet)
     with ui.capture_logs():
         config = settings.load_config()
         recipe = read_recipe(from_) if from_ is not None else None
         flags = settings.flag_layer(steps=steps, cfg=cfg, part_cfg=part_cfg, size=size, aspect=aspect, cot=cot,
-                                    max_new_tokens=cot_tokens, dtype=opt.enum_value(dtype),
+                                    max_new_tokens=cot_tokens, accel=opt.enum_value(accel), dtype=opt.enum_value(dtype),
                                     device=opt.enum_value(device), backend=opt.enum_value(backend))
         if recipe is not None and command == "gen" and recipe.get("inputs"):
             command = "edit"  # reproducing an edit: its inputs come from the recipe
@@ -137,6 +137,7 @@ def gen(
     count: opt.Count = None,
     cot: opt.Cot = None,
     cot_tokens: opt.CotTokens = None,
+    accel: opt.Accel = None,
     from_: opt.From = None,
     output: opt.Out = None,
     out_dir: opt.OutDir = None,
@@ -163,7 +164,7 @@ def gen(
       internvlu gen "a lighthouse at dusk" -n 4 --preset fast --out-dir drafts/
     """
     make_images("gen", prompt, [], preset=preset, steps=steps, cfg=cfg, part_cfg=part_cfg, size=size, aspect=aspect,
-                seeds=seed, count=count, cot=cot, cot_tokens=cot_tokens, out=output, out_dir=out_dir,
+                seeds=seed, count=count, cot=cot, cot_tokens=cot_tokens, accel=accel, out=output, out_dir=out_dir,
                 overwrite=overwrite, from_=from_, model=model, device=device, dtype=dtype, backend=backend, as_json=as_json,
                 quiet=quiet, debug=debug)
 
@@ -181,6 +182,7 @@ def edit(
     count: opt.Count = None,
     cot: opt.Cot = None,
     cot_tokens: opt.CotTokens = None,
+    accel: opt.Accel = None,
     from_: opt.From = None,
     output: opt.Out = None,
     out_dir: opt.OutDir = None,
@@ -208,6 +210,6 @@ def edit(
         raise UsageError("edit needs an image and an instruction: internvlu edit IMAGE... PROMPT")
     check_not_a_path(args[-1], "internvlu edit IMAGE... PROMPT")
     make_images("edit", args[-1], args[:-1], preset=preset, steps=steps, cfg=cfg, part_cfg=part_cfg, size=size,
-                aspect=aspect, seeds=seed, count=count, cot=cot, cot_tokens=cot_tokens, out=output, out_dir=out_dir,
+                aspect=aspect, seeds=seed, count=count, cot=cot, cot_tokens=cot_tokens, accel=accel, out=output, out_dir=out_dir,
                 overwrite=overwrite, from_=from_, model=model, device=device, dtype=dtype, backend=backend, as_json=as_json,
                 quiet=quiet, debug=debug)

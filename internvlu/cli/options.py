@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from internvlu import presets
-from internvlu.limits import DEVICES, DTYPE_NAMES, HEAD_BACKENDS, MAX_SIDE, MIN_SIDE
+from internvlu.limits import ACCEL_LEVELS, DEVICES, DTYPE_NAMES, HEAD_BACKENDS, MAX_SIDE, MIN_SIDE
 
 MODEL_PANEL = "Model and device"
 OUTPUT_PANEL = "Output"
@@ -20,6 +20,7 @@ SETTINGS_PANEL = "Generation settings"
 DeviceChoice = Enum("DeviceChoice", {name: name for name in DEVICES}, type=str)
 DtypeChoice = Enum("DtypeChoice", {name: name for name in DTYPE_NAMES}, type=str)
 BackendChoice = Enum("BackendChoice", {name: name for name in HEAD_BACKENDS}, type=str)
+AccelChoice = Enum("AccelChoice", {name: name for name in ACCEL_LEVELS}, type=str)
 
 
 class BackboneChoice(str, Enum):
@@ -115,6 +116,10 @@ Cot = Annotated[Optional[bool], typer.Option(
 CotTokens = Annotated[Optional[int], typer.Option(
     "--cot-tokens", metavar="N", help="Longest chain of thought, in tokens. \\[default: 200]",
     show_default=False, rich_help_panel=SETTINGS_PANEL)]
+Accel = Annotated[Optional[AccelChoice], typer.Option(
+    "--accel", help="Reuse work across denoising steps and guidance branches: off draws exactly; safe and fast are "
+    "approximate (fast more so, edits more conservatively) and apply above 8 steps. \\[default: off]",
+    case_sensitive=False, show_default=False, rich_help_panel=SETTINGS_PANEL)]
 From = Annotated[Optional[Path], typer.Option(
     "--from", metavar="FILE.png",
     help="Reuse the recipe stored in an internvlu PNG (prompt, seed, settings, model); flags still override it.",

@@ -24,7 +24,7 @@ from internvlu.runtime.settings import LOAD_KEYS
 SCHEMA = 1
 # The settings part of a recipe (`GenerationSettings.to_recipe`). Every one is in every result, null where an
 # older recipe lacks it, so a reader never has to test for a key.
-SETTING_KEYS = ("mode", "steps", "cfg", "part_cfg", "width", "height", "max_new_tokens", "preset", *LOAD_KEYS)
+SETTING_KEYS = ("mode", "steps", "cfg", "part_cfg", "width", "height", "max_new_tokens", "accel", "preset", *LOAD_KEYS)
 
 
 def printed_path(path: str | Path) -> str:

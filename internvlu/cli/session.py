@@ -281,6 +281,8 @@ class Session:
         """Generate, save atomically, and return the JSON result."""
         import torch
 
+        from internvlu.runtime.step_cache import off_reason
+
         self.check(job.settings)
         if job.settings.load.vae_tiling != self.loaded.vae_tiling:
             self.use_vae_tiling(job.settings.load.vae_tiling)
@@ -294,6 +296,8 @@ class Session:
                          f"and the result is resized to {width}x{height}")
         elif note := self.model.untrained_size_note(width, height):
             self.ui.info(note)
+        if accel_note := off_reason(image.accel, image.steps, self.pipe.backend):
+            self.ui.info(f"note: {accel_note}")
         draw_width, draw_height = draw_size or (width, height)
         label = job.label or f"seed {job.seed}"
         bars = self.ui.bars
@@ -338,6 +342,7 @@ class Session:
                     max_new_tokens=image.max_new_tokens if job.settings.image.max_new_tokens is not None else None,
                     streamer=streamer,
                     callback=on_step,
+                    accel=image.accel,
                 )
         finally:
             bars.remove_task(step_task)

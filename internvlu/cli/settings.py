@@ -26,7 +26,7 @@ from internvlu.runtime.settings import COMMAND_LINE, SETTING_KEYS, SHAPE_KEYS, L
 CONFIG_KEYS = {**SETTING_KEYS, "preset": presets.string_value, "model": presets.string_value}
 FLAGS = {"steps": "--steps", "cfg": "--cfg", "part_cfg": "--part-cfg", "size": "--size", "aspect": "--aspect",
          "cot": "--cot", "max_new_tokens": "--cot-tokens", "dtype": "--dtype", "device": "--device",
-         "backend": "--backend"}
+         "backend": "--backend", "accel": "--accel"}
 
 
 def config_path() -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from internvlu.errors import UsageError
-from internvlu.limits import DTYPE_NAMES, MAX_ASPECT, MAX_NEW_TOKENS, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from internvlu.limits import ACCEL_LEVELS, DTYPE_NAMES, MAX_ASPECT, MAX_NEW_TOKENS, MAX_SIDE, MAX_STEPS, MIN_SIDE
 
 BUILTIN_DIR = Path(__file__).parent
 
@@ -91,6 +91,12 @@ def _dtype(value: object) -> str:
     return value
 
 
+def _accel(value: object) -> str:
+    if value not in ACCEL_LEVELS:
+        raise ValueError(f"must be one of {', '.join(ACCEL_LEVELS)}")
+    return value
+
+
 def _size(value: object) -> str:
     parse_size(string_value(value))
     return value
@@ -110,6 +116,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "aspect": _aspect,
     "cot": _boolean,
     "max_new_tokens": _integer(1, MAX_NEW_TOKENS),
+    "accel": _accel,
     "dtype": _dtype,
     "offload": _boolean,
     "vae_tiling": _boolean,

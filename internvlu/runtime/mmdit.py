@@ -21,12 +21,14 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from internvlu.runtime.config import MMDiTConfig
+from internvlu.runtime.step_cache import StepCache
 
 NORM_EPS = 1e-6
 ROPE_THETA = 10000.0
@@ -409,8 +411,9 @@ class InternVLUTransformer2DModel(nn.Module):
             valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device))
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, samples: Sequence[SampleInputs],
-                prepared: PreparedBatch | None = None) -> torch.Tensor:
-        """Velocity [B, C, Hl, Wl] for latents [B, C, Hl, Wl] (one sample per latent)."""
+                prepared: PreparedBatch | None = None, cache: StepCache | None = None) -> torch.Tensor:
+        """Velocity [B, C, Hl, Wl] for latents [B, C, Hl, Wl] (one sample per latent); with a `cache` (accel on),
+        the step may reuse work of earlier steps of the same call (`runtime.step_cache`)."""
         prepared = prepared or self.prepare(samples, latents.device)
         latents = latents.to(self.dtype)
         targets = _pad_stack([self._patchify(latents[b], s.target_grid) for b, s in enumerate(samples)], prepared.target_slots)
@@ -419,7 +422,8 @@ class InternVLUTransformer2DModel(nn.Module):
         # argument reaches ~1e6 rad, where only this exact float32 op order reproduces it, so it stays in torch
         # and exported graphs take its features as input.
         time_features = timestep_features(timestep.to(self.dtype))
-        out = self.step(image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, time_features)
+        step = self.step if cache is None else partial(cache.denoise, self)
+        out = step(image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, time_features)
         return self._unpatchify(out[:, : prepared.target_slots], samples, latents)
 
     def denoise_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
@@ -428,6 +432,14 @@ class InternVLUTransformer2DModel(nn.Module):
         context [B, T, joint_attention_dim], `valid` [B, I + T], RoPE cos/sin [B, I + T, head_dim / 2] and
         the timestep's sinusoidal features [B, 256] -> output tokens [B, I, patch^2 out_channels]. This is
         the graph that is exported."""
+        img, txt, temb, key_mask = self.embed_tokens(image_tokens, context, valid, time_features)
+        for block in self.transformer_blocks:
+            img, txt = block(img, txt, temb, key_mask, cos, sin)
+        return self.project_out(img, temb)
+
+    def embed_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
+                     time_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The blocks' inputs: image and context streams, the timestep embedding and the attention key mask."""
         dtype = self.dtype
         img = self.img_in(image_tokens.to(dtype))
         txt = self.txt_in(self.txt_norm(context.to(dtype)))
@@ -436,8 +448,9 @@ class InternVLUTransformer2DModel(nn.Module):
         if torch.onnx.is_in_onnx_export():
             # ONNX Runtime's Attention kernel does not broadcast the mask over queries; torch's SDPA does.
             key_mask = key_mask.expand(-1, -1, valid.shape[1], -1)
-        for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, key_mask, cos, sin)
+        return img, txt, temb, key_mask
+
+    def project_out(self, img: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self.norm_out(img, temb))
 
     def _unpatchify(self, tokens: torch.Tensor, samples: Sequence[SampleInputs], latents: torch.Tensor) -> torch.Tensor:

@@ -34,16 +34,17 @@ from PIL import Image
 from transformers import GenerationConfig
 
 from internvlu.errors import CheckpointError, UsageError
-from internvlu.limits import MAX_IMAGES_PER_PROMPT, MAX_SIDE, MAX_STEPS
+from internvlu.limits import ACCEL_LEVELS, MAX_IMAGES_PER_PROMPT, MAX_SIDE, MAX_STEPS
 from internvlu.runtime import checkpoint, export_manifest, head_backend
 from internvlu.runtime import quantized as quantized_layers
 from internvlu.runtime.backbone import InternVLUChatModel, special_token_strings
 from internvlu.runtime.device import torch_dtype as torch_dtype_of
-from internvlu.runtime.conditioning import Conditioner, full_condition_tiles, splice_thoughts
+from internvlu.runtime.conditioning import BRANCHES, Conditioner, Conditioning, full_condition_tiles, splice_thoughts
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
 from internvlu.runtime.processor import InternVLUProcessor, ProcessorOutput
 from internvlu.runtime.sampler import StepCallback, build_scheduler, sample
+from internvlu.runtime.step_cache import PROFILES, StepCache, off_reason
 from internvlu.runtime.vae import VAE, build_vae, to_uint8_images
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,10 @@ class InternVLUPipeline:
         streamer=None,
         callback: StepCallback | None = None,
         output_type: str = "pil",
+        accel: str = "off",
     ) -> InternVLUPipelineOutput:
+        """`accel` (image modes): off is the exact computation; safe and fast reuse work across denoising steps and
+        guidance branches (`runtime.step_cache`), approximately, and only with the torch head and more than 8 steps."""
         generation = {k: v for k, v in dict(
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample, temperature=temperature,
             top_p=top_p, num_beams=num_beams, return_dict_in_generate=return_dict_in_generate,
@@ -240,7 +244,7 @@ class InternVLUPipeline:
             all_cfg_scale=defaults["all_cfg_scale"] if all_cfg_scale is None else all_cfg_scale,
             part_cfg_scale=defaults["part_cfg_scale"] if part_cfg_scale is None else part_cfg_scale,
             images_per_prompt=num_images_per_prompt, generator=generator, generation=generation,
-            callback=callback, output_type=output_type,
+            callback=callback, output_type=output_type, accel=accel,
         )
 
     def _decode(self, out) -> list[str]:
@@ -272,7 +276,7 @@ class InternVLUPipeline:
     # ---- images --------------------------------------------------------------------------------------
 
     def _validate_image_call(self, prompt, image, height, width, steps, all_cfg_scale, part_cfg_scale,
-                             images_per_prompt, output_type) -> tuple[int, int]:
+                             images_per_prompt, output_type, accel) -> tuple[int, int]:
         """Refuse bad arguments before any compute; returns the size to generate: the requested one floored
         to the stride (P15)."""
         stride = self.processor.generation_stride
@@ -288,6 +292,8 @@ class InternVLUPipeline:
             raise UsageError(f"num_images_per_prompt {images_per_prompt!r} must be an integer from 1 to {MAX_IMAGES_PER_PROMPT}")
         if output_type not in ("pil", "latent"):
             raise UsageError(f"output_type {output_type!r} must be 'pil' or 'latent'")
+        if accel not in ACCEL_LEVELS:
+            raise UsageError(f"accel {accel!r} must be one of {', '.join(ACCEL_LEVELS)}")
         gen_height, gen_width = height // stride * stride, width // stride * stride
         # The head's RoPE gives each condition image a frame; the reference bounds their number by the target grid.
         p = self.generation_decoder.config.mmdit.patch_size
@@ -301,10 +307,10 @@ class InternVLUPipeline:
         return gen_height, gen_width
 
     def _generate_images(self, prompt, image, mode, system_prompt, *, height, width, steps, all_cfg_scale,
-                         part_cfg_scale, images_per_prompt, generator, generation, callback, output_type):
+                         part_cfg_scale, images_per_prompt, generator, generation, callback, output_type, accel):
         # 1. Check everything before any compute.
         gen_height, gen_width = self._validate_image_call(prompt, image, height, width, steps, all_cfg_scale,
-                                                          part_cfg_scale, images_per_prompt, output_type)
+                                                          part_cfg_scale, images_per_prompt, output_type, accel)
         conditioner = self.conditioner
 
         # 2. Prompts and images -> three CFG rows per prompt, at the generated size.
@@ -328,11 +334,12 @@ class InternVLUPipeline:
         batch = conditioning.head_samples(n)
         prepared = head.prepare(batch, self.device)
         timestep_scale = self.generation_decoder.config.mmdit.timestep_scale
+        cache = self._step_cache(accel, steps, conditioning, n)
 
         def velocity(latents: torch.Tensor, t: torch.Tensor):
             x = conditioning.head_latents(latents, n)
             timestep = (t.expand(x.shape[0]) * timestep_scale).to(self.device)
-            return conditioning.branch_velocities(head(x, timestep, batch, prepared).float(), n)
+            return conditioning.branch_velocities(head(x, timestep, batch, prepared, cache).float(), n)
 
         latents = sample(velocity, noise, build_scheduler(self.scheduler_config), steps, all_cfg_scale, part_cfg_scale, callback)
 
@@ -344,6 +351,21 @@ class InternVLUPipeline:
             images = [im if im.size == (width, height) else im.resize((width, height), Image.Resampling.LANCZOS) for im in images]
         texts = self._decode(generate_output) if generate_output is not None else None
         return InternVLUPipelineOutput(generate_output=generate_output, images=images, latents=latents, texts=texts)
+
+    def _step_cache(self, accel: str, steps: int, conditioning: Conditioning, n: int) -> StepCache | None:
+        """The call's step cache, None on the exact path. Each head row is anchored to its sample's full-condition
+        row, which predicts it while the guidance branches are cached."""
+        if accel == "off":
+            return None
+        reason = off_reason(accel, steps, self.backend)
+        if reason is not None:
+            log.info(reason)
+            return None
+        edit = any(sample.conditions for sample in conditioning.samples)
+        num_samples = len(conditioning.distinct_of_row) // BRANCHES
+        full_of = [conditioning.distinct_of_row[row % num_samples] for row in conditioning.rows]
+        anchors = [full_of[d] * n + j for d in range(len(conditioning.samples)) for j in range(n)]
+        return StepCache(PROFILES[(accel, edit)], anchors, steps)
 
     def _chain_of_thought(self, inputs: ProcessorOutput, generation: dict, conditioner: Conditioner):
         """Thoughts generated on the full-condition rows, spliced into the head's rows (spec §5.2)."""

@@ -101,6 +101,7 @@ class ImageSettings:
     part_cfg: float | None = None
     cot: bool = False  # reason first (chain of thought), then draw
     max_new_tokens: int | None = None  # the longest chain of thought; only with cot
+    accel: str = "off"  # approximate step/branch caching (runtime.step_cache): off (exact), safe or fast
 
     def shape(self, model_size: tuple[int, int], input_size: tuple[int, int] | None = None) -> tuple[int, int]:
         """(width, height): the size; else the aspect at the input's (edit) or the model's pixel count; else the
@@ -148,6 +149,7 @@ class ImageSettings:
             cot=self.cot,
             max_new_tokens=(COT_MODE_DEFAULTS["max_new_tokens"] if self.max_new_tokens is None
                             else self.max_new_tokens) if self.cot else None,
+            accel=self.accel,
         )
 
     @property
@@ -196,13 +198,13 @@ class GenerationSettings:
 
     def to_recipe(self) -> dict:
         """The settings part of a PNG recipe: the keys older recipes have (which `info` and replays read), plus
-        offload and compile."""
+        offload, compile and accel (an older recipe without it was drawn exactly: off)."""
         image = self.image
         if not image.is_concrete:
             raise ValueError("only concrete settings are recorded; fill in the defaults with ImageSettings.concrete")
         width, height = image.size
         recipe = {"mode": "text_image" if image.cot else "image", "steps": image.steps, "cfg": image.cfg,
-                  "part_cfg": image.part_cfg, "width": width, "height": height}
+                  "part_cfg": image.part_cfg, "width": width, "height": height, "accel": image.accel}
         if image.cot:
             recipe["max_new_tokens"] = image.max_new_tokens
         return {**recipe, "preset": self.preset, **{key: getattr(self.load, key) for key in LOAD_KEYS}}
@@ -232,7 +234,7 @@ def resolve(layers: Sequence[Layer], preset: str | None = None) -> GenerationSet
         size=presets.parse_size(merged["size"]) if "size" in merged else None,
         aspect=presets.parse_aspect(merged["aspect"]) if "aspect" in merged else None,
         **{key: merged.get(key) for key in ("steps", "cfg", "part_cfg", "max_new_tokens")},
-        cot=bool(merged.get("cot", False)),
+        cot=bool(merged.get("cot", False)), accel=merged.get("accel", "off"),
     )
     load = LoadSettings(**{key: merged[key] for key in LOAD_KEYS if key in merged})
     return GenerationSettings(image, load, preset, sources)

@@ -77,6 +77,7 @@ class EvalSettings:
     tasks: tuple[str, ...] = TASKS
     all_cfg_scale: float | None = None  # None: the pipeline's defaults
     part_cfg_scale: float | None = None
+    accel: str = "off"  # the pipeline's approximate step caching (runtime.step_cache), to measure what it costs
 
 
 EXHAUSTED_AFTER = 20000  # draws without a new held-out key: the pool is used up (word prompts: 166 exist)
@@ -141,7 +142,7 @@ class Evaluator:
             result = self.pipe(chunk, None if images is None else images[start: start + s.batch], mode,
                                height=world.IMAGE_SIZE, width=world.IMAGE_SIZE, num_inference_steps=s.steps,
                                all_cfg_scale=s.all_cfg_scale, part_cfg_scale=s.part_cfg_scale, generator=generators,
-                               **({"max_new_tokens": 120} if mode == "text_image" else {}))
+                               accel=s.accel, **({"max_new_tokens": 120} if mode == "text_image" else {}))
             out_images += result.images
             texts += result.texts or [None] * len(chunk)
         return out_images, texts

@@ -35,7 +35,7 @@ def test_presets_list_and_show(cli):
     assert table.code == 0 and all(name in table.stdout for name in BUILT_IN)
     shown = cli("presets", "show", "poster")
     assert shown.code == 0 and "cot: true" in shown.stdout and "Text-heavy" in shown.stdout
-    assert cli("presets", "show", "fast", "--json").json_lines()[0]["settings"] == {"steps": 10}
+    assert cli("presets", "show", "fast", "--json").json_lines()[0]["settings"] == {"steps": 10, "accel": "fast"}
 
 
 def test_unknown_preset_name(cli):

@@ -1,0 +1,151 @@
+"""Approximate speed-ups of the denoising loop (`accel` safe|fast), built for three-branch guidance.
+
+Off by default, and never used by the exact path: with `accel` off the head runs `denoise_tokens` as
+always. With it on, each denoise step goes through `StepCache.denoise`, which may skip work two ways:
+
+* First-block residual caching per CFG row (FBCache / DBCache style). Every row runs the head's first
+  block; when the change of that block's residual since the row's last fully computed step, relative to
+  its size, stays under a threshold, the row reuses the residual its remaining blocks added then (only the
+  image stream: the context stream's later outputs feed nothing but the skipped blocks). The reference is
+  the last *computed* step, so a run of reuses cannot drift unchecked, and `max_reuse` bounds the run.
+* Guidance-branch caching (FasterCache style): from the step at fraction `branch_cache_from` of the loop on,
+  the text-dropped and all-dropped rows are computed only every `branch_refresh` steps; in between each is
+  predicted as its full-condition row's fresh output plus their difference when both were last computed.
+  The difference between branches moves far less from step to step than the branches themselves.
+
+Edits get a more conservative profile (their output must keep the input image), and at `MIN_STEPS - 1`
+steps or fewer the loop is too short to reuse anything: off. A TaylorSeer-style linear forecast of the
+reused residuals was tried and left out: on the `small` checkpoint it cost 8-10 dB of PSNR against
+repeating the last residual (benchmarks/README.md).
+
+The profiles were tuned with bench_accel on the `small` checkpoint (random weights, 256 px, 20 steps) and
+checked with the nano eval: on `small` the first-block residual changes by more than its own size between
+most steps, so the residual test rarely allows a reuse and most of the saving comes from the guidance rows;
+caching those from step 2 on kept 46 dB there but cost nano 9 points, so they are cached late.
+
+Every decision depends only on the tensors of the call, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+MIN_STEPS = 9  # fewer steps change too much between them to reuse: accel is off
+
+
+def off_reason(accel: str, steps: int, backend: str = "torch") -> str | None:
+    """Why an `accel` other than off runs the exact path after all, in words; None when it applies."""
+    if accel == "off":
+        return None
+    if steps < MIN_STEPS:
+        return f"accel {accel} is off at {steps} steps: it needs at least {MIN_STEPS}, fewer steps change too much to reuse"
+    if backend != "torch":
+        return f"accel {accel} is off: it needs the torch head, and this one runs in {backend}"
+    return None
+
+
+@dataclass(frozen=True)
+class CacheProfile:
+    residual_threshold: float  # relative mean change of the first block's residual under which the rest is reused
+    max_reuse: int  # consecutive steps a row may reuse before it is computed again
+    warmup_steps: int  # the first steps are always computed (the image's layout forms there)
+    branch_cache_from: float  # fraction of the steps after which the guidance rows are cached; 1 = never
+    branch_refresh: int  # on those steps the guidance rows are computed every this many steps
+
+
+PROFILES = {
+    ("safe", False): CacheProfile(0.5, 3, 4, 0.5, 2),
+    ("safe", True): CacheProfile(0.3, 2, 4, 0.6, 2),
+    ("fast", False): CacheProfile(0.8, 4, 3, 0.3, 3),
+    ("fast", True): CacheProfile(0.3, 3, 3, 0.4, 3),
+}
+
+
+@dataclass
+class _RowMemory:
+    first_residual: torch.Tensor | None = None  # the first block's residual at the last computed step
+    rest: torch.Tensor | None = None  # the residual the other blocks added at the last computed step
+    reused: int = 0  # consecutive steps this row reused `rest`
+    branch_offset: torch.Tensor | None = None  # output minus the anchor row's output, when both were computed
+
+
+class StepCache:
+    """The memory of one image call: created per call, given every denoise step of it, in order.
+
+    `anchors[r]` is the head row whose output predicts row r while guidance rows are cached: its
+    full-condition row (itself for a full-condition row)."""
+
+    def __init__(self, profile: CacheProfile, anchors: Sequence[int], steps: int):
+        self.profile = profile
+        self.anchors = list(anchors)
+        self.steps = steps
+        self.step = 0
+        self.rows = [_RowMemory() for _ in anchors]
+
+    def _caches_branches(self) -> bool:
+        p = self.profile
+        start = max(p.warmup_steps, int(p.branch_cache_from * self.steps))
+        return self.step >= start and (self.step - start) % p.branch_refresh != 0
+
+    def _reusable(self, row: int, residual: torch.Tensor, valid: torch.Tensor) -> bool:
+        memory = self.rows[row]
+        if self.step < self.profile.warmup_steps or memory.rest is None or memory.reused >= self.profile.max_reuse:
+            return False
+        previous = memory.first_residual[valid]
+        change = (residual[valid] - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)
+        return float(change) < self.profile.residual_threshold
+
+    def denoise(self, head, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+        """`head.denoise_tokens` with reuse; same inputs and output."""
+        img, txt, temb, key_mask = head.embed_tokens(image_tokens, context, valid, time_features)
+        rows = list(range(img.shape[0]))
+        anchored = [r for r in rows if self.anchors[r] == r or self.rows[r].branch_offset is None]
+        computed = anchored if self._caches_branches() else rows
+        image_valid = valid[:, : img.shape[1]]
+        blocks = head.transformer_blocks
+
+        index = torch.tensor(computed, device=img.device)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, index)
+
+        first_img, first_txt = blocks[0](pick(img), pick(txt), pick(temb), pick(key_mask), pick(cos), pick(sin))
+        residuals = first_img - pick(img)
+        reuse = [self._reusable(r, residuals[i], image_valid[r]) for i, r in enumerate(computed)]
+
+        final = first_img.clone()
+        full = [i for i, reused in enumerate(reuse) if not reused]
+        if full:
+            part = torch.tensor(full, device=img.device)
+            rows_index = index.index_select(0, part)
+            h_img, h_txt = first_img.index_select(0, part), first_txt.index_select(0, part)
+            sub = [t.index_select(0, rows_index) for t in (temb, key_mask, cos, sin)]
+            for block in blocks[1:]:
+                h_img, h_txt = block(h_img, h_txt, *sub)
+            final[part] = h_img
+        for i, r in enumerate(computed):
+            memory = self.rows[r]
+            if reuse[i]:
+                final[i] = first_img[i] + memory.rest
+                memory.reused += 1
+            else:
+                memory.first_residual = residuals[i]
+                memory.rest = final[i] - first_img[i]
+                memory.reused = 0
+
+        out_computed = head.project_out(final, pick(temb))
+        out = out_computed.new_empty((len(rows), *out_computed.shape[1:]))
+        out[index] = out_computed
+        position = {r: i for i, r in enumerate(computed)}
+        for r in rows:
+            anchor, memory = self.anchors[r], self.rows[r]
+            if r not in position:
+                out[r] = out[anchor] + memory.branch_offset
+            elif anchor != r:
+                memory.branch_offset = out[r] - out[anchor]
+        self.step += 1
+        return out
