@@ -56,6 +56,15 @@ class Job:
     def publish(self, name: str, data: dict) -> None:
         """Record an event and wake the readers (from any thread)."""
         self.events.append((name, data))
+        self._wake_readers()
+
+    def settle(self, state: str, data: dict) -> None:
+        """The final event, then the final state: a reader that sees the job finished has its last event."""
+        self.events.append((state, data))
+        self.state = state
+        self._wake_readers()
+
+    def _wake_readers(self) -> None:
         if self.loop is None:
             return
         try:
@@ -226,11 +235,10 @@ class JobQueue:
 
     def _finish(self, job: Job, state: str, result: dict | None = None, error: ApiError | None = None) -> None:
         job.result, job.error = result, error
-        job.state = state
         # Previews matter while the job runs; a finished job is kept for polling and late readers without them.
         job.events = [(name, {k: v for k, v in data.items() if k != "preview"}) if name == "step" else (name, data)
                       for name, data in job.events]
-        job.publish(state, result if state == DONE else error.body()["error"])
+        job.settle(state, result if state == DONE else error.body()["error"])
 
     def _announce_positions(self) -> None:
         for k, waiting in enumerate(itertools.islice(self.waiting, ANNOUNCED_POSITIONS)):

@@ -143,4 +143,10 @@ def test_many_readers_follow_one_job(server):
             reader.start()
         for reader in readers:
             reader.join(60)
-        assert len(seen) == 5 and all(events == seen[0] for events in seen) and seen[0][-1][0] == "done"
+        # Previews are for readers of a running job (a finished one keeps its steps without them), so a reader
+        # that came late may lack some; everything else is the same for every reader.
+        def without_previews(events):
+            return [(name, {k: v for k, v in data.items() if k != "preview"}) for name, data in events]
+
+        assert len(seen) == 5 and all(without_previews(events) == without_previews(seen[0]) for events in seen)
+        assert all(events[-1][0] == "done" for events in seen)
