@@ -157,6 +157,11 @@ def _named_parameters(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn
     return named
 
 
+def scaled_batches(stage: Stage, multiplier: int) -> Stage:
+    """The stage with every task's batch `multiplier` times as large (`--batch-multiplier`)."""
+    return dataclasses.replace(stage, tasks={task: batch * multiplier for task, batch in stage.tasks.items()})
+
+
 def _learning_rate(stage: Stage, steps: int, step: int) -> float:
     if step < WARMUP_STEPS:
         return stage.lr * (step + 1) / WARMUP_STEPS
@@ -216,9 +221,6 @@ class Run:
             return max(1, round(stage.steps * self.progress["scale"]))
         return self.progress["planned_steps"].get(stage.name)
 
-    def batched(self, stage: Stage) -> Stage:
-        return dataclasses.replace(stage, tasks={task: batch * self.progress["batch_multiplier"] for task, batch in stage.tasks.items()})
-
     # ---- the loop ---------------------------------------------------------------------------------------
 
     def train(self, stages: tuple[Stage, ...] = STAGES, max_steps: int | None = None) -> bool:
@@ -230,7 +232,7 @@ class Run:
             if stage.name in self.progress["completed"]:
                 continue
             self._check_vae_gate(stage)
-            if budget[0] <= 0 or not self._run_stage(self.batched(stage), stages, budget):
+            if budget[0] <= 0 or not self._run_stage(scaled_batches(stage, self.progress["batch_multiplier"]), stages, budget):
                 return False
         plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
         return True
@@ -308,8 +310,8 @@ class Run:
                 if done - start == 1:
                     probe_from = time.perf_counter()
                 elif done - start == PROBE_STEPS:
-                    rate = (time.perf_counter() - probe_from) / (PROBE_STEPS - 1)
-                    total = self._planned_total(stage, stages, rate, done)
+                    seconds_per_step = (time.perf_counter() - probe_from) / (PROBE_STEPS - 1)
+                    total = self._planned_total(stage, stages, seconds_per_step, done)
                     self.progress["planned_steps"][stage.name] = total
                     average.plan(total)
                     data.total = total

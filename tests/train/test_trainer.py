@@ -13,7 +13,7 @@ from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import losses, nano, world
 from internvlu.train.__main__ import main as train_main
 from internvlu.train.ema import WeightAverage
-from internvlu.train.trainer import PROBE_STEPS, Run, Stage, WeakVAE, _seeded
+from internvlu.train.trainer import PROBE_STEPS, Run, Stage, WeakVAE, _seeded, scaled_batches
 from tests.cli.helpers import run_cli
 
 SHORT = (
@@ -154,10 +154,9 @@ def test_a_minutes_budget_plans_every_stage_from_its_probe_and_keeps_the_plan(tm
 
 
 def test_a_batch_multiplier_scales_every_task():
-    run_stage = SHORT[4]
-    folder_free = Run.__new__(Run)
-    folder_free.progress = {"batch_multiplier": 3}
-    assert folder_free.batched(run_stage).tasks == {task: 3 * batch for task, batch in run_stage.tasks.items()}
+    stage = SHORT[4]
+    assert scaled_batches(stage, 3).tasks == {task: 3 * batch for task, batch in stage.tasks.items()}
+    assert scaled_batches(stage, 1) == stage
 
 
 def test_the_weight_average_warms_up_then_holds_a_tenth_of_the_stage_as_half_life():
