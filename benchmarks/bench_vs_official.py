@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline_driver import TASKS
+from pipeline_driver import TASKS, WORKLOAD, add_workload_arguments, workload_options
 
 DRIVER = Path(__file__).with_name("pipeline_driver.py")
 FIGURES = ("import_s", "load_s", "call_s", "vit_s", "lm_s", "head_s", "vae_encode_s", "vae_decode_s", "peak_rss_mib")
@@ -70,19 +70,13 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--ours-accel", default="off", help="comma-separated accel settings to run ours with")
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--edit-steps", type=int, default=8)
-    parser.add_argument("--cot-tokens", type=int, default=32)
-    parser.add_argument("--text-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
+    add_workload_arguments(parser)
     args = parser.parse_args()
 
     model = args.model or small_checkpoint()
     tasks = args.tasks.split(",")
     accels = args.ours_accel.split(",")
-    options = ["--size", str(args.size), "--steps", str(args.steps), "--edit-steps", str(args.edit_steps),
-               "--cot-tokens", str(args.cot_tokens), "--text-tokens", str(args.text_tokens), "--threads", str(args.threads)]
+    options = workload_options(args)
     sides = ["official"] + [f"ours_{accel}" for accel in accels]
     runs: dict[tuple[str, str], list[dict]] = {(task, side): [] for task in tasks for side in sides}
     differences: dict[str, int] = {}
@@ -112,9 +106,8 @@ def main() -> None:
         if task in differences:
             entry["max_pixel_difference"] = differences[task]
         results[task] = entry
-    print(json.dumps({"benchmark": "vs_official", "model": str(model), "size": args.size, "steps": args.steps,
-                      "edit_steps": args.edit_steps, "cot_tokens": args.cot_tokens, "text_tokens": args.text_tokens,
-                      "threads": args.threads, "reps": args.reps, **results}, separators=(",", ":")))
+    print(json.dumps({"benchmark": "vs_official", "model": str(model), **{name: getattr(args, name) for name in WORKLOAD},
+                      "reps": args.reps, **results}, separators=(",", ":")))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,9 @@
 set -uo pipefail
 : "${OUT:?set OUT to a folder for the results}"
 DEVICE=${DEVICE:-cuda}
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+. "$(dirname "$0")/device_setup.sh"
 WORK=/tmp/internvlu-device
 rm -rf "$WORK" && mkdir -p "$WORK"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)" || exit 1
 
 # 1. The `full` synthetic checkpoint (real dimensions, random weights) at 1024x1024 in bfloat16.
 timeout 150 bash -c "python3 -m internvlu.synthetic '$WORK/full' --size full --seed 0 --dtype bfloat16 \

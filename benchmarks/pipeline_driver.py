@@ -24,6 +24,18 @@ import time
 from pathlib import Path
 
 TASKS = ("t2i", "edit", "cot", "text")
+# The calls' sizes, shared by the driver and the benchmark that passes them on: name -> default.
+WORKLOAD = {"size": 256, "steps": 20, "edit_steps": 8, "cot_tokens": 32, "text_tokens": 16, "threads": 2}
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, default in WORKLOAD.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+
+
+def workload_options(args: argparse.Namespace) -> list[str]:
+    """`args`' workload as the driver's command-line options."""
+    return [part for name in WORKLOAD for part in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
 
 
 def declare_torchvision_schemas() -> None:
@@ -85,12 +97,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--official", help="checkout of the official implementation (default: run this project's)")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--edit-steps", type=int, default=8)
-    parser.add_argument("--cot-tokens", type=int, default=32)
-    parser.add_argument("--text-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
+    add_workload_arguments(parser)
     parser.add_argument("--accel", default=None, help="ours only: the accel setting of the image call")
     parser.add_argument("--save", help="write the first image here (PNG)")
     args = parser.parse_args()

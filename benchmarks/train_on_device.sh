@@ -18,17 +18,9 @@ DEVICE=${DEVICE:-cuda}
 MINUTES=${MINUTES:-5}                  # training budget; set-up, evaluation and packing take the rest
 EVAL_PROMPTS=${EVAL_PROMPTS:-200}
 if [ "$DEVICE" = cuda ]; then BATCH_MULTIPLIER=${BATCH_MULTIPLIER:-16}; else BATCH_MULTIPLIER=${BATCH_MULTIPLIER:-1}; fi
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+. "$(dirname "$0")/device_setup.sh"
 WORK=${WORK:-/tmp/internvlu-train}
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
-[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)" || exit 1
 command -v tesseract >/dev/null || echo "no tesseract here: the words task and the VAE gate's words part are skipped"
 
 start=$(date +%s)
