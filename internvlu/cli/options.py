@@ -36,9 +36,11 @@ class HeadChoice(str, Enum):
 
 
 class State:
-    """Set by each command as it starts, read by `app.main` when an error reaches it."""
+    """Process-wide facts: `debug` is set by each command as it starts and read by `app.main` when an error
+    reaches it; `owns_process` is set by `app.main`, the console entry point (not by in-process callers)."""
 
     debug = False
+    owns_process = False
 
 
 def set_debug(debug: bool) -> None:
@@ -67,12 +69,12 @@ Backend = Annotated[Optional[BackendChoice], typer.Option(
 # ---- output and logging ---------------------------------------------------------------------------
 
 Json = Annotated[bool, typer.Option(
-    "--json", metavar="", help="Print one JSON object per result on stdout (progress and logs stay on stderr).",
+    "--json", help="Print one JSON object per result on stdout (progress and logs stay on stderr).",
     rich_help_panel=OUTPUT_PANEL)]
 Quiet = Annotated[bool, typer.Option(
-    "--quiet", "-q", metavar="", help="No progress bars and no notices; errors still print.", rich_help_panel=OUTPUT_PANEL)]
+    "--quiet", "-q", help="No progress bars and no notices; errors still print.", rich_help_panel=OUTPUT_PANEL)]
 Debug = Annotated[bool, typer.Option(
-    "--debug", metavar="", help="Show the full traceback when something fails.", rich_help_panel=OUTPUT_PANEL)]
+    "--debug", help="Show the full traceback when something fails.", rich_help_panel=OUTPUT_PANEL)]
 Out = Annotated[Optional[Path], typer.Option(
     "--output", "-o", metavar="FILE.png", help="Write the image to this file (one image only); - writes the PNG to stdout, for a pipe.",
     rich_help_panel=OUTPUT_PANEL)]
@@ -81,7 +83,7 @@ OutDir = Annotated[Optional[Path], typer.Option(
     help="Folder for the images, named from the prompt and seed; created if needed. \\[default: current folder]",
     show_default=False, rich_help_panel=OUTPUT_PANEL)]
 Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", metavar="", help="Replace existing output files (never done without this flag).", rich_help_panel=OUTPUT_PANEL)]
+    "--overwrite", help="Replace existing output files (never done without this flag).", rich_help_panel=OUTPUT_PANEL)]
 
 # ---- generation settings ----------------------------------------------------------------------------
 
@@ -111,7 +113,7 @@ Count = Annotated[Optional[int], typer.Option(
     "-n", "--count", metavar="N", help="Number of images, with consecutive seeds from --seed. \\[default: 1]",
     show_default=False, rich_help_panel=SETTINGS_PANEL)]
 Cot = Annotated[Optional[bool], typer.Option(
-    "--cot/--no-cot", metavar="", help="Reason about the prompt first (chain of thought), print it, then draw.",
+    "--cot/--no-cot", help="Reason about the prompt first (chain of thought), print it, then draw.",
     show_default=False, rich_help_panel=SETTINGS_PANEL)]
 CotTokens = Annotated[Optional[int], typer.Option(
     "--cot-tokens", metavar="N", help="Longest chain of thought, in tokens. \\[default: 200]",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -29,9 +32,12 @@ def test_every_command_has_help(cli, command):
     result = cli(*command, "--help")
     assert result.code == 0 and "Usage: internvlu " + " ".join(command) in result.stdout
     assert len(result.stdout.splitlines()) > 4
-    # Labels read as the tool's words, not its internals: a flag takes no value, defaults are plain words.
-    ours = [line for line in result.stdout.splitlines() if "--help" not in line]
-    assert not [line for line in ours if "<bool>" in line or "(auto)" in line or "[[" in line], result.stdout
+    # Labels read as the tool's words, not its internals: a flag (--help too) takes no value, a value is named by
+    # its metavar or kind, never by a Python type, defaults are plain words, and the usage line is plain notation.
+    lines = result.stdout.splitlines()
+    assert not [line for line in lines if re.search("<(?!=)", line) or "(auto)" in line or "[[" in line], result.stdout
+    usage = next(line for line in lines if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage and "...]..." not in usage, usage
 
 
 def test_json_goes_to_stdout_and_logs_to_stderr(model_dir):
@@ -68,3 +74,23 @@ def test_ctrl_c_stops_cleanly_with_exit_130(model_dir, tmp_path):
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
     assert out == "" and list((tmp_path / "out").iterdir()) == []
+
+
+COLLECTOR_PROBE = """
+import gc
+from internvlu.cli.options import State
+from internvlu.cli.session import collector_paused
+State.owns_process = {owns}
+with collector_paused():
+    paused = not gc.isenabled()
+print(paused, gc.isenabled(), gc.get_freeze_count() > 0)
+"""
+
+
+@pytest.mark.parametrize("owns, expected", [(True, "True True True"), (False, "False True False")])
+def test_the_collector_pauses_for_the_load_only_in_a_process_the_command_line_owns(owns, expected):
+    # Paused during imports and the load, then what exists is frozen; never in a library user's process.
+    result = subprocess.run([sys.executable, "-c", COLLECTOR_PROBE.format(owns=owns)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected.split()
