@@ -16,11 +16,11 @@ import traceback
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 import internvlu
 from internvlu.cli import ask, batch, doctor, evaluate, export, gen, info, models, presets
 from internvlu.cli import options as opt
+from internvlu.cli.labels import PlainCommand, PlainGroup, plain_labels
 from internvlu.cli.ui import print_error
 from internvlu.errors import InternVLUError, UsageError
 from internvlu.server import command as server_command
@@ -70,8 +70,12 @@ def _unexpected(exc: Exception) -> typer.Exit:
     return _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback and report it", 1)
 
 
-class InternVLUGroup(TyperGroup):
-    """Maps every exception from a command to its one-line message and exit code."""
+class InternVLUGroup(PlainGroup):
+    """Maps every exception from a command to its one-line message and exit code; labels help in plain words."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        plain_labels(self)  # typer has built every sub-command by now
 
     def invoke(self, ctx):
         try:
@@ -139,18 +143,19 @@ def root(
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-app.command("gen", rich_help_panel="Create")(gen.gen)
-app.command("edit", rich_help_panel="Create")(gen.edit)
-app.command("ask", rich_help_panel="Understand")(ask.ask)
-app.command("batch", rich_help_panel="Create")(batch.batch)
-app.command("info", rich_help_panel="Inspect")(info.info)
-app.command("eval", rich_help_panel="Inspect")(evaluate.evaluate)
-app.command("export", rich_help_panel="Manage")(export.export)
-app.command("doctor", rich_help_panel="Inspect")(doctor.doctor)
-app.command("serve", rich_help_panel="Serve")(server_command.serve)
+app.command("gen", cls=PlainCommand, rich_help_panel="Create")(gen.gen)
+app.command("edit", cls=PlainCommand, rich_help_panel="Create")(gen.edit)
+app.command("ask", cls=PlainCommand, rich_help_panel="Understand")(ask.ask)
+app.command("batch", cls=PlainCommand, rich_help_panel="Create")(batch.batch)
+app.command("info", cls=PlainCommand, rich_help_panel="Inspect")(info.info)
+app.command("eval", cls=PlainCommand, rich_help_panel="Inspect")(evaluate.evaluate)
+app.command("export", cls=PlainCommand, rich_help_panel="Manage")(export.export)
+app.command("doctor", cls=PlainCommand, rich_help_panel="Inspect")(doctor.doctor)
+app.command("serve", cls=PlainCommand, rich_help_panel="Serve")(server_command.serve)
 app.add_typer(models.app, name="models", rich_help_panel="Manage")
 app.add_typer(presets.app, name="presets", rich_help_panel="Manage")
 
 
 def main(argv: list[str] | None = None) -> int:
+    opt.State.owns_process = True
     return typer.main.get_command(app).main(args=argv, prog_name="internvlu")

@@ -189,7 +189,7 @@ def read_jobs_file(file: str) -> str:
 def batch(
     file: Annotated[str, typer.Argument(metavar="FILE", help="Jobs file (JSON Lines or one prompt per line), or - for stdin.",
                                         show_default=False)],
-    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Skip jobs whose output is complete and theirs; a damaged or foreign file under a job's name is reported, not overwritten.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip jobs whose output is complete and theirs; a damaged or foreign file under a job's name is reported, not overwritten.")] = False,
     seed: Annotated[Optional[int], typer.Option(
         "--seed", "-s", min=0, max=MAX_SEED, metavar="SEED", help="Jobs without a seed get this seed plus their job number minus one. \\[default: random]",
         show_default=False, rich_help_panel=opt.SETTINGS_PANEL)] = None,

@@ -10,13 +10,14 @@ from typing import Annotated, Optional
 import typer
 
 from internvlu.cli import options as opt
+from internvlu.cli.labels import PlainCommand, PlainGroup
 from internvlu.cli import registry
 from internvlu.cli.ui import UI, emit, print_table
 from internvlu.errors import ModelNotFoundError, UsageError
 
-app = typer.Typer(help="Download, list and remove models.", no_args_is_help=True)
+app = typer.Typer(cls=PlainGroup, help="Download, list and remove models.", no_args_is_help=True)
 
-Yes = Annotated[bool, typer.Option("--yes", "-y", metavar="", help="Delete without asking.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")]
 
 
 def human_size(size: int) -> str:
@@ -72,7 +73,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
         raise ModelNotFoundError(f"download of {repo_id} failed ({exc.strerror or exc}); {how}") from None
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def pull(
     name: Annotated[str, typer.Argument(metavar="REPO_ID", help="Hugging Face repo id, or tiny.")] = "InternVL-U/InternVL-U",
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit. \\[default: main]",
@@ -126,7 +127,7 @@ def model_rows() -> list[dict]:
     return rows
 
 
-@app.command("list")
+@app.command("list", cls=PlainCommand)
 def list_models(as_json: opt.Json = False) -> None:
     """List the embedded model and the Hugging Face models in the local cache.
 
@@ -150,7 +151,7 @@ def confirm(question: str, yes: bool) -> None:
     typer.confirm(question, abort=True, err=True)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def rm(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Repo id (all its cached revisions), or tiny.")],
     yes: Yes = False,

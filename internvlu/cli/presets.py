@@ -10,13 +10,14 @@ import typer
 
 from internvlu import presets
 from internvlu.cli import options as opt
+from internvlu.cli.labels import PlainCommand, PlainGroup
 from internvlu.cli.ui import UI, emit, print_table
 from internvlu.errors import UsageError
 
-app = typer.Typer(help="List and show generation presets.", no_args_is_help=True)
+app = typer.Typer(cls=PlainGroup, help="List and show generation presets.", no_args_is_help=True)
 
 
-@app.command("list")
+@app.command("list", cls=PlainCommand)
 def list_presets(as_json: opt.Json = False) -> None:
     """List presets: built-in ones and yours (in $INTERNVLU_CONFIG_DIR/presets, default ~/.config/internvlu/presets)."""
     ui = UI()
@@ -38,9 +39,9 @@ def list_presets(as_json: opt.Json = False) -> None:
                   r["description"]] for r in rows])
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def show(
-    name: Annotated[str, typer.Argument(help="Preset name.", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Preset name.", show_default=False)],
     as_json: opt.Json = False,
 ) -> None:
     """Show the settings a preset applies (flags given with it still win).
