@@ -2,6 +2,8 @@
 
     python benchmarks/bench_startup.py --runs 5
 
+Run it with the Python of the environment to measure: the README's install (no extras) and the test extra
+(which adds bitsandbytes, imported by diffusers and transformers whenever it is installed) start differently.
 Measures `internvlu --help`, `internvlu gen` on the embedded nano at 64 px (20 steps, the default), and, to
 show where the time goes, bare `python -c "import ..."` of torch, transformers' Qwen3 model, diffusers' VAE
 and scheduler, and the runtime pipeline. Every run is a new interpreter, as a shell script would start it.
@@ -10,6 +12,7 @@ and scheduler, and the runtime pipeline. Every run is a new interpreter, as a sh
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -46,6 +49,7 @@ def main() -> None:
         out = Path(folder) / "a.png"
         result = {
             "benchmark": "startup", "runs": args.runs,
+            "bitsandbytes_installed": importlib.util.find_spec("bitsandbytes") is not None,
             "help_s": median_wall([*cli, "--help"], args.runs),
             "gen_nano_64px_s": median_wall([*cli, "gen", "a red circle above a blue square", "--seed", "1", "-o", str(out),
                                             "--overwrite", "-q"], args.runs),
