@@ -94,6 +94,19 @@ def test_unit_mmdit(tiny_pipe, host_exp):
     assert torch.equal(output[2, :, :, 10:], torch.zeros_like(output[2, :, :, 10:]))
 
 
+def test_samples_of_different_lengths_run_alone_as_in_one_padded_batch(tiny_pipe):
+    golden = golden_tensors("unit_mmdit")
+    head = tiny_pipe.generation_decoder.decoder
+    samples = unit_mmdit_samples(golden)
+    prepared = head.prepare(samples, torch.device("cpu"))
+    assert prepared.row_slots is not None  # the samples differ in length: the torch step runs each on its own slots
+    alone = head(golden["latents"], golden["timestep"], samples, prepared)
+    prepared.row_slots = None  # one padded batch, as an exported step runs it
+    together = head(golden["latents"], golden["timestep"], samples, prepared)
+    torch.testing.assert_close(alone, together, atol=1e-5, rtol=0)
+    assert not torch.equal(alone, torch.zeros_like(alone))
+
+
 def test_unit_vae(tiny_pipe):
     golden = golden_tensors("unit_vae")
     latents = tiny_pipe.vae.encode(golden["pixels"])

@@ -21,7 +21,6 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -328,7 +327,8 @@ class PreparedBatch:
     """The step-invariant tensors of a padded batch; each sample's slots are [target | conditions | context].
 
     Padding slots are hidden by `valid` and get RoPE angle 0. `target_lengths` says how many of the first
-    image slots of each sample are its target tokens."""
+    image slots of each sample are its target tokens. `row_slots` (only when some sample has padding) lists
+    each sample's real slots, so that the torch step can run each sample on those alone."""
 
     target_lengths: list[int]
     target_slots: int
@@ -337,6 +337,7 @@ class PreparedBatch:
     valid: torch.Tensor  # [B, target_slots + C + T] bool
     cos: torch.Tensor  # [B, same, head_dim / 2]
     sin: torch.Tensor
+    row_slots: list[torch.Tensor] | None = None  # per sample: indices of its valid slots (long, on the device)
 
 
 def _pad_stack(rows: Sequence[torch.Tensor], length: int, fill: float = 0.0) -> torch.Tensor:
@@ -404,11 +405,14 @@ class InternVLUTransformer2DModel(nn.Module):
                 valid[b, start : start + n] = True
                 positions[b, start : start + n] = pos[first : first + n]
         freqs = rope_frequencies(positions.flatten(0, 1), self.config.axes_dims_rope).reshape(len(samples), G + C + T, -1)
+        # Found here, on the host, so that the steps index without a device sync.
+        row_slots = None if bool(valid.all()) else [row.nonzero().squeeze(1).to(device) for row in valid]
         return PreparedBatch(
             target_lengths=target_lengths, target_slots=G,
             condition_tokens=_pad_stack(conditions, C).to(device),
             context=_pad_stack([s.context for s in samples], T).to(device, dtype),
-            valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device))
+            valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device),
+            row_slots=row_slots)
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, samples: Sequence[SampleInputs],
                 prepared: PreparedBatch | None = None, cache: StepCache | None = None) -> torch.Tensor:
@@ -422,9 +426,34 @@ class InternVLUTransformer2DModel(nn.Module):
         # argument reaches ~1e6 rad, where only this exact float32 op order reproduces it, so it stays in torch
         # and exported graphs take its features as input.
         time_features = timestep_features(timestep.to(self.dtype))
-        step = self.step if cache is None else partial(cache.denoise, self)
-        out = step(image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, time_features)
+        inputs = (image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, time_features)
+        if cache is not None:
+            out = cache.denoise(self, *inputs)
+        elif prepared.row_slots is not None and self.step == self.denoise_tokens:
+            out = self._denoise_each_row(*inputs, prepared.row_slots)
+        else:
+            out = self.step(*inputs)
         return self._unpatchify(out[:, : prepared.target_slots], samples, latents)
+
+    def _denoise_each_row(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
+                          cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor,
+                          row_slots: list[torch.Tensor]) -> torch.Tensor:
+        """`denoise_tokens` for each sample on its valid slots alone, like the reference's packed sequence.
+
+        Samples of one batch can differ a lot in length (an edit's all-dropped branch has no condition tokens:
+        273 real slots of 1556), and padded slots cost as much as real ones in every linear layer; attention is
+        restricted to each sample either way, so the result is the same."""
+        n_image = image_tokens.shape[1]
+        out = None
+        for b, slots in enumerate(row_slots):
+            image_slots = slots[slots < n_image]
+            row = self.denoise_tokens(image_tokens[b : b + 1, image_slots], context[b : b + 1, slots[len(image_slots) :] - n_image],
+                                      valid[b : b + 1, slots], cos[b : b + 1, slots], sin[b : b + 1, slots],
+                                      time_features[b : b + 1])
+            if out is None:
+                out = row.new_zeros(image_tokens.shape[0], n_image, row.shape[-1])
+            out[b, image_slots] = row[0]
+        return out
 
     def denoise_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
                        cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
