@@ -327,7 +327,7 @@ class PreparedBatch:
     """The step-invariant tensors of a padded batch; each sample's slots are [target | conditions | context].
 
     Padding slots are hidden by `valid` and get RoPE angle 0. `target_lengths` says how many of the first
-    image slots of each sample are its target tokens. `row_slots` (only when some sample has padding) lists
+    image slots of each sample are its target tokens. `row_slots` (only when much of the batch is padding) lists
     each sample's real slots, so that the torch step can run each sample on those alone."""
 
     target_lengths: list[int]
@@ -338,6 +338,12 @@ class PreparedBatch:
     cos: torch.Tensor  # [B, same, head_dim / 2]
     sin: torch.Tensor
     row_slots: list[torch.Tensor] | None = None  # per sample: indices of its valid slots (long, on the device)
+
+
+# Above this fraction of padded slots the torch step runs each sample alone on its real slots. Smaller matrix
+# products are slower per token: on a 2-core CPU, a text-to-image batch with 2 % padding ran 5 % slower one
+# sample at a time, an edit batch with 27 % padding 30 % faster.
+PER_SAMPLE_MIN_PADDING = 0.1
 
 
 def _pad_stack(rows: Sequence[torch.Tensor], length: int, fill: float = 0.0) -> torch.Tensor:
@@ -406,7 +412,8 @@ class InternVLUTransformer2DModel(nn.Module):
                 positions[b, start : start + n] = pos[first : first + n]
         freqs = rope_frequencies(positions.flatten(0, 1), self.config.axes_dims_rope).reshape(len(samples), G + C + T, -1)
         # Found here, on the host, so that the steps index without a device sync.
-        row_slots = None if bool(valid.all()) else [row.nonzero().squeeze(1).to(device) for row in valid]
+        padding = 1.0 - valid.float().mean().item()
+        row_slots = [row.nonzero().squeeze(1).to(device) for row in valid] if padding > PER_SAMPLE_MIN_PADDING else None
         return PreparedBatch(
             target_lengths=target_lengths, target_slots=G,
             condition_tokens=_pad_stack(conditions, C).to(device),
