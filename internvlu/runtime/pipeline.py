@@ -84,13 +84,16 @@ class InternVLUPipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, torch_dtype: torch.dtype | str | None = None,
-                        revision: str | None = None, attn_implementation: str = "sdpa", backend: str = "auto",
+                        revision: str | None = None, attn_implementation: str = "auto", backend: str = "auto",
                         device: str | torch.device | None = None, offload: bool = False) -> "InternVLUPipeline":
         """Load a checkpoint folder, a Hugging Face repo id, or a folder written by `internvlu export`.
 
         `backend` runs the head's denoise step in torch, ONNX Runtime (`onnx`) or TensorRT (`trt`); `auto`
         takes the exported one when the folder has it. Quantized layers are loaded straight onto `device`;
-        with `offload`, components rest in CPU memory and visit `device` in turn (`enable_offload`)."""
+        with `offload`, components rest in CPU memory and visit `device` in turn (`enable_offload`).
+        `attn_implementation` is the language model's (transformers' names); `auto` is the reference's own
+        choice without flash-attn on a CPU, `eager` (in bfloat16 the only one that gives its hidden states bit
+        for bit, and no slower there), and `sdpa` on a GPU."""
         dtype = torch_dtype_of(torch_dtype)
         root = checkpoint.resolve_model_dir(name_or_path, revision)
         read_json(root / "model_index.json")
@@ -98,6 +101,8 @@ class InternVLUPipeline:
         if manifest is not None:
             export_manifest.verify_artifacts(root, manifest)  # every file the export lists, before any is read
         target = torch.device(device) if device is not None else torch.device("cpu")
+        if attn_implementation == "auto":
+            attn_implementation = "eager" if target.type == "cpu" else "sdpa"
         folders = {name: checkpoint.component_dir(root, name) for name in checkpoint.COMPONENTS}
 
         vlm_config = VLMConfig.from_file(folders["vlm"] / "config.json")
