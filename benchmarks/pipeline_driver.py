@@ -25,12 +25,13 @@ from pathlib import Path
 
 TASKS = ("t2i", "edit", "cot", "text")
 # The calls' sizes, shared by the driver and the benchmark that passes them on: name -> default.
-WORKLOAD = {"size": 256, "steps": 20, "edit_steps": 8, "cot_tokens": 32, "text_tokens": 16, "threads": 2}
+WORKLOAD = {"size": 256, "steps": 20, "edit_steps": 8, "cot_tokens": 32, "text_tokens": 16, "threads": 2,
+            "dtype": "float32"}
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     for name, default in WORKLOAD.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
 
 
 def workload_options(args: argparse.Namespace) -> list[str]:
@@ -112,7 +113,7 @@ def main() -> None:
     from internvlu import InternVLUPipeline
 
     imported = time.perf_counter()
-    pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
+    pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype))
     if args.official:
         extract_feature = pipe.vlm.extract_feature
         pipe.vlm.extract_feature = lambda pixel_values, *a, **k: extract_feature(pixel_values.to(pipe.vlm.dtype), *a, **k)
