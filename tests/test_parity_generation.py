@@ -99,11 +99,14 @@ def test_samples_of_different_lengths_run_alone_as_in_one_padded_batch(tiny_pipe
     head = tiny_pipe.generation_decoder.decoder
     samples = unit_mmdit_samples(golden)
     prepared = head.prepare(samples, torch.device("cpu"))
-    assert prepared.row_slots is not None  # the samples differ in length: the torch step runs each on its own slots
+    assert prepared.row_slots is not None and prepared.per_sample  # much padding: each sample runs alone
     alone = head(golden["latents"], golden["timestep"], samples, prepared)
-    prepared.row_slots = None  # one padded batch, as an exported step runs it
-    together = head(golden["latents"], golden["timestep"], samples, prepared)
-    torch.testing.assert_close(alone, together, atol=1e-5, rtol=0)
+    prepared.per_sample = False  # one batch, each sample attending on its own slots
+    attending_alone = head(golden["latents"], golden["timestep"], samples, prepared)
+    prepared.row_slots = None  # one padded batch with a key mask, as an exported step runs it
+    padded = head(golden["latents"], golden["timestep"], samples, prepared)
+    for output in (attending_alone, padded):
+        torch.testing.assert_close(alone, output, atol=1e-5, rtol=0)
     assert not torch.equal(alone, torch.zeros_like(alone))
 
 

@@ -252,8 +252,12 @@ class AttentionVE(nn.Module):
         return norm_q(q), norm_k(k), v, gate
 
     def forward(self, h_img: torch.Tensor, h_txt: torch.Tensor, key_mask: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Joint attention of each sample's [image | context] tokens; `key_mask` [B, 1, 1, N] hides padding."""
+                sin: torch.Tensor, row_slots: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint attention of each sample's [image | context] tokens; `key_mask` [B, 1, 1, N] hides padding.
+
+        With `row_slots`, each sample attends on its real slots alone with no mask, as the reference's
+        per-segment SDPA does: over padded keys with a mask, SDPA's rounding differs (in bfloat16 by an ulp in
+        a quarter of the outputs). Padded slots then hold zeros."""
         dtype = self.to_v.weight.dtype
         n_img = h_img.shape[1]
         img = self._project(h_img, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
@@ -261,10 +265,20 @@ class AttentionVE(nn.Module):
         q, k, v, gate = (torch.cat([a, b], dim=1).to(dtype) for a, b in zip(img, txt))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, Dh]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        if row_slots is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        else:
+            out = torch.zeros_like(q)
+            for b, slots in enumerate(row_slots):
+                # Kept 4-D: SDPA picks another CPU kernel, with other rounding, for 3-D inputs.
+                row = (t[b : b + 1, :, slots] for t in (q, k, v))
+                out[b, :, slots] = F.scaled_dot_product_attention(*row)[0]
         out = out.transpose(1, 2).flatten(2)
         gate = torch.sigmoid(gate)
-        return self.to_out[0](out[:, :n_img]) * gate[:, :n_img], self.to_add_out(out[:, n_img:]) * gate[:, n_img:]
+        # Contiguous streams: a strided one sends the projection to a batched kernel with other rounding (an ulp
+        # in bfloat16 against the reference's single matrix product) and lower speed.
+        out_img, out_txt = out[:, :n_img].contiguous(), out[:, n_img:].contiguous()
+        return self.to_out[0](out_img) * gate[:, :n_img], self.to_add_out(out_txt) * gate[:, n_img:]
 
 
 class InternVLUTransformerBlock(nn.Module):
@@ -277,12 +291,14 @@ class InternVLUTransformerBlock(nn.Module):
         self.txt_mlp = FeedForward(dim)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, key_mask: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                cos: torch.Tensor, sin: torch.Tensor, row_slots: list[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         # One modulation vector per sample, broadcast over its tokens.
         shift1, scale1, gate1, shift2, scale2, gate2 = self.img_mod(temb)[:, None].chunk(6, dim=-1)
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(temb)[:, None].chunk(6, dim=-1)
         attn_img, attn_txt = self.attn(layer_norm_fp32(img) * (1 + scale1) + shift1,
-                                       layer_norm_fp32(txt) * (1 + t_scale1) + t_shift1, key_mask, cos, sin)
+                                       layer_norm_fp32(txt) * (1 + t_scale1) + t_shift1, key_mask, cos, sin,
+                                       row_slots)
         img = img + gate1 * attn_img
         txt = txt + t_gate1 * attn_txt
         img = img + gate2 * self.img_mlp(layer_norm_fp32(img) * (1 + scale2) + shift2)
@@ -327,8 +343,9 @@ class PreparedBatch:
     """The step-invariant tensors of a padded batch; each sample's slots are [target | conditions | context].
 
     Padding slots are hidden by `valid` and get RoPE angle 0. `target_lengths` says how many of the first
-    image slots of each sample are its target tokens. `row_slots` (only when much of the batch is padding) lists
-    each sample's real slots, so that the torch step can run each sample on those alone."""
+    image slots of each sample are its target tokens. `row_slots` (only when there is padding) lists each
+    sample's real slots, for the torch step: its attention runs on those alone, and with `per_sample` (much
+    of the batch is padding) so does all of it."""
 
     target_lengths: list[int]
     target_slots: int
@@ -338,6 +355,7 @@ class PreparedBatch:
     cos: torch.Tensor  # [B, same, head_dim / 2]
     sin: torch.Tensor
     row_slots: list[torch.Tensor] | None = None  # per sample: indices of its valid slots (long, on the device)
+    per_sample: bool = False
 
 
 # Above this fraction of padded slots the torch step runs each sample alone on its real slots. Smaller matrix
@@ -413,13 +431,13 @@ class InternVLUTransformer2DModel(nn.Module):
         freqs = rope_frequencies(positions.flatten(0, 1), self.config.axes_dims_rope).reshape(len(samples), G + C + T, -1)
         # Found here, on the host, so that the steps index without a device sync.
         padding = 1.0 - valid.float().mean().item()
-        row_slots = [row.nonzero().squeeze(1).to(device) for row in valid] if padding > PER_SAMPLE_MIN_PADDING else None
+        row_slots = [row.nonzero().squeeze(1).to(device) for row in valid] if padding > 0 else None
         return PreparedBatch(
             target_lengths=target_lengths, target_slots=G,
             condition_tokens=_pad_stack(conditions, C).to(device),
             context=_pad_stack([s.context for s in samples], T).to(device, dtype),
             valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device),
-            row_slots=row_slots)
+            row_slots=row_slots, per_sample=padding > PER_SAMPLE_MIN_PADDING)
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, samples: Sequence[SampleInputs],
                 prepared: PreparedBatch | None = None, cache: StepCache | None = None) -> torch.Tensor:
@@ -436,10 +454,12 @@ class InternVLUTransformer2DModel(nn.Module):
         inputs = (image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, time_features)
         if cache is not None:
             out = cache.denoise(self, *inputs)
-        elif prepared.row_slots is not None and self.step == self.denoise_tokens:
+        elif prepared.row_slots is None or self.step != self.denoise_tokens:  # exported steps take a padded batch
+            out = self.step(*inputs)
+        elif prepared.per_sample:
             out = self._denoise_each_row(*inputs, prepared.row_slots)
         else:
-            out = self.step(*inputs)
+            out = self.denoise_tokens(*inputs, row_slots=prepared.row_slots)
         return self._unpatchify(out[:, : prepared.target_slots], samples, latents)
 
     def _denoise_each_row(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
@@ -463,14 +483,15 @@ class InternVLUTransformer2DModel(nn.Module):
         return out
 
     def denoise_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
-                       cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+                       cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor,
+                       row_slots: list[torch.Tensor] | None = None) -> torch.Tensor:
         """One denoise step on tensors only: image tokens [B, I, in_channels] (targets, then conditions),
         context [B, T, joint_attention_dim], `valid` [B, I + T], RoPE cos/sin [B, I + T, head_dim / 2] and
         the timestep's sinusoidal features [B, 256] -> output tokens [B, I, patch^2 out_channels]. This is
-        the graph that is exported."""
+        the graph that is exported (without `row_slots`, which only the torch step passes)."""
         img, txt, temb, key_mask = self.embed_tokens(image_tokens, context, valid, time_features)
         for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, key_mask, cos, sin)
+            img, txt = block(img, txt, temb, key_mask, cos, sin, row_slots)
         return self.project_out(img, temb)
 
     def embed_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
