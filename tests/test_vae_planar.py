@@ -39,8 +39,24 @@ def test_several_frames_keep_the_3d_path(tiny_dir, monkeypatch):
 def test_the_channels_last_layout_gives_the_default_layouts_numbers(tiny_dir):
     vae = InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32).vae
     pixels = golden_tensors("unit_vae")["pixels"]
-    latents = vae.encode(pixels)  # channels-last, the default on a CPU
+    latents = vae.encode(pixels)  # the default layout
     decoded = vae.decode(latents)
-    use_planar_convolutions(vae.model, True, channels_last=False)
+    use_planar_convolutions(vae.model, True, channels_last=True)
     torch.testing.assert_close(vae.encode(pixels), latents, atol=1e-5, rtol=0)
     torch.testing.assert_close(vae.decode(latents), decoded, atol=1e-5, rtol=0)
+
+
+def test_decode_denormalises_with_the_reciprocal_taken_in_the_vae_dtype(tiny_dir):
+    """The reference divides by `1.0 / std.to(dtype)`: in bfloat16 that reciprocal differs from the rounded
+    float32 one in 6 of the tiny VAE's 16 channels (the float32 goldens cannot tell them apart)."""
+    vae = InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.bfloat16).vae
+    seen = []
+    vae.model.post_quant_conv.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    latents = torch.randn(1, vae.config.z_dim, 4, 4, generator=torch.Generator().manual_seed(0))
+    vae.decode(latents)
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(shape)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(torch.bfloat16)
+    z = latents.to(torch.bfloat16)[:, :, None]
+    assert torch.equal(seen[0], z / (1.0 / std.to(torch.bfloat16)) + mean)
+    assert not torch.equal(seen[0], z / (1.0 / std).to(torch.bfloat16) + mean)
