@@ -1,8 +1,10 @@
 """InternViT vision encoder (state-dict names of the official `vision_model.*`).
 
-Pre-norm ViT with layer scale and an optional q/k RMSNorm over the full width. Attention goes through
-`scaled_dot_product_attention` (the reference's CPU path is an explicit softmax(q·s @ kᵀ) @ v; in float32
-the two agree to ~1e-7). There is no final norm: the last layer's output is the feature map.
+Pre-norm ViT with layer scale and an optional q/k RMSNorm over the full width. On a CPU attention is the
+reference's own path there, an explicit softmax(q·s @ kᵀ) @ v in the working dtype; elsewhere it goes
+through `scaled_dot_product_attention` (the reference uses flash-attn on a GPU). The two agree to ~1e-7 in
+float32 but not in bfloat16, where only the explicit form gives the reference's features. There is no final
+norm: the last layer's output is the feature map.
 """
 
 from __future__ import annotations
@@ -95,7 +97,10 @@ class InternAttention(nn.Module):
             # The norm spans all heads at once, not each head.
             q = self.q_norm(q.transpose(1, 2).flatten(-2)).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
             k = self.k_norm(k.transpose(1, 2).flatten(-2)).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if x.device.type == "cpu":
+            out = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
