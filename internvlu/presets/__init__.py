@@ -85,16 +85,12 @@ def string_value(value: object) -> str:
     return value
 
 
-def _dtype(value: object) -> str:
-    if value not in DTYPE_NAMES:
-        raise ValueError(f"must be one of {', '.join(DTYPE_NAMES)}")
-    return value
-
-
-def _accel(value: object) -> str:
-    if value not in ACCEL_LEVELS:
-        raise ValueError(f"must be one of {', '.join(ACCEL_LEVELS)}")
-    return value
+def _one_of(names: tuple[str, ...]) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join(names)}")
+        return value
+    return check
 
 
 def _size(value: object) -> str:
@@ -116,8 +112,8 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "aspect": _aspect,
     "cot": _boolean,
     "max_new_tokens": _integer(1, MAX_NEW_TOKENS),
-    "accel": _accel,
-    "dtype": _dtype,
+    "accel": _one_of(ACCEL_LEVELS),
+    "dtype": _one_of(DTYPE_NAMES),
     "offload": _boolean,
     "vae_tiling": _boolean,
     "compile": _boolean,
