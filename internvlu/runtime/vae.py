@@ -7,10 +7,9 @@ mean/std cast to the latent dtype; decode divides by the reciprocal of std, both
 Images are videos of one frame to this VAE: each causal 3-D convolution pads that frame with zero frames in
 front, so only its last temporal tap ever meets data. `build_vae` gives every such convolution a 2-D path for
 one uncached frame (that tap as a 2-D kernel: a third of the FLOPs of a 3x3x3 kernel, the same sums up to
-float rounding); anything else (several frames, cached frames) takes diffusers' 3-D path. On a CPU the 2-D
-convolutions run in the channels-last layout, which oneDNN's kernels take without reordering: on the `small`
-checkpoint at 256 px encode 1.14x and decode 1.11x faster than the default layout (`benchmarks/bench_vae.py`,
-rotating rounds on a loaded 2-core machine), the same sums in another order (largest difference 7.7e-6).
+float rounding); anything else (several frames, cached frames) takes diffusers' 3-D path. The 2-D
+convolutions keep the default memory layout: channels-last is faster on a CPU but rounds differently
+(`use_planar_convolutions`).
 """
 
 from __future__ import annotations
