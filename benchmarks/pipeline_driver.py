@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--official", help="checkout of the official implementation (default: run this project's)")
     add_workload_arguments(parser)
     parser.add_argument("--accel", default=None, help="ours only: the accel setting of the image call")
+    parser.add_argument("--cpu-linear", default=None, help="ours only: the float32 CPU linear kernel (onednn, blas)")
     parser.add_argument("--save", help="write the first image here (PNG)")
     args = parser.parse_args()
 
@@ -113,7 +114,8 @@ def main() -> None:
     from internvlu import InternVLUPipeline
 
     imported = time.perf_counter()
-    pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype))
+    options = {} if args.cpu_linear is None else {"cpu_linear": args.cpu_linear}
+    pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype), **options)
     if args.official:
         extract_feature = pipe.vlm.extract_feature
         pipe.vlm.extract_feature = lambda pixel_values, *a, **k: extract_feature(pixel_values.to(pipe.vlm.dtype), *a, **k)

@@ -11,7 +11,8 @@ VAE-encoded condition images: `runtime.conditioning`, which the trainer uses too
 Exact speed-ups over the reference (same results, checked by tests against `deduplicate=False`):
 identical CFG rows (the text- and all-dropped rows of text-to-image) run through the VLM and the head
 once; each distinct input image goes through InternViT and the VAE encoder once; only the hidden-state
-layers the head uses are kept, and the LM head is never run for conditioning.
+layers the head uses are kept, and the LM head is never run for conditioning. Float32 linear layers on a
+CPU run oneDNN's kernel (`runtime.onednn_linear`): the same arithmetic summed in another order.
 
 Fixed reference failures (README lists them): several images per prompt (P7), several condition
 images per edit (P8), per-sample templates (P9), no silent truncation of the conditioning (P6: too long
@@ -42,6 +43,7 @@ from internvlu.runtime.device import torch_dtype as torch_dtype_of
 from internvlu.runtime.conditioning import BRANCHES, Conditioner, Conditioning, full_condition_tiles, splice_thoughts
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
+from internvlu.runtime.onednn_linear import use_onednn_linears
 from internvlu.runtime.processor import InternVLUProcessor, ProcessorOutput
 from internvlu.runtime.sampler import StepCallback, build_scheduler, sample
 from internvlu.runtime.step_cache import PROFILES, StepCache, off_reason
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_MODE_DEFAULTS = {"all_cfg_scale": 4.5, "part_cfg_scale": 2.0, "num_inference_steps": 20}
 COT_MODE_DEFAULTS = {"all_cfg_scale": 3.5, "part_cfg_scale": 1.5, "num_inference_steps": 20, "max_new_tokens": 200}
+CPU_LINEAR_KERNELS = ("onednn", "blas")  # float32 linear layers on a CPU: runtime.onednn_linear, or torch's BLAS
 
 
 @dataclass
@@ -85,7 +88,8 @@ class InternVLUPipeline:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, torch_dtype: torch.dtype | str | None = None,
                         revision: str | None = None, attn_implementation: str = "auto", backend: str = "auto",
-                        device: str | torch.device | None = None, offload: bool = False) -> "InternVLUPipeline":
+                        device: str | torch.device | None = None, offload: bool = False,
+                        cpu_linear: str = "onednn") -> "InternVLUPipeline":
         """Load a checkpoint folder, a Hugging Face repo id, or a folder written by `internvlu export`.
 
         `backend` runs the head's denoise step in torch, ONNX Runtime (`onnx`) or TensorRT (`trt`); `auto`
@@ -93,7 +97,11 @@ class InternVLUPipeline:
         with `offload`, components rest in CPU memory and visit `device` in turn (`enable_offload`).
         `attn_implementation` is the language model's (transformers' names); `auto` is the reference's own
         choice without flash-attn on a CPU, `eager` (in bfloat16 the only one that gives its hidden states bit
-        for bit, and no slower there), and `sdpa` on a GPU."""
+        for bit, and no slower there), and `sdpa` on a GPU. `cpu_linear` is the kernel of float32 linear layers
+        on a CPU: `onednn` (`runtime.onednn_linear`: 2x faster on AMD EPYC, other last bits) or `blas`, the one
+        torch picks, as the reference runs."""
+        if cpu_linear not in CPU_LINEAR_KERNELS:
+            raise UsageError(f"cpu_linear {cpu_linear!r} is unknown; use {' or '.join(CPU_LINEAR_KERNELS)}")
         dtype = torch_dtype_of(torch_dtype)
         root = checkpoint.resolve_model_dir(name_or_path, revision)
         read_json(root / "model_index.json")
@@ -142,6 +150,8 @@ class InternVLUPipeline:
         processor = InternVLUProcessor.from_pretrained(folders["processor"], template_name=vlm_config.template)
         for module in (vlm, decoder, vae_model):
             module.eval().requires_grad_(False)
+        if cpu_linear == "onednn":
+            use_onednn_linears(vlm, decoder, vae_model)
         pipe = cls(vlm, decoder, VAE(vae_model, vae_config), scheduler_config, processor, root)
         # Before any move to the device: an exported step frees the torch head's weights, which then never get there.
         pipe.backend = head_backend.install_head_backend(decoder.decoder, backend, manifest, root, target)
