@@ -94,12 +94,24 @@ def test_unit_mmdit(tiny_pipe, host_exp):
     assert torch.equal(output[2, :, :, 10:], torch.zeros_like(output[2, :, :, 10:]))
 
 
+def test_samples_run_alone_only_where_the_padding_they_skip_outweighs_their_fixed_costs():
+    edit_rows = torch.zeros(3, 1556, dtype=torch.bool)  # full, text-dropped, all-dropped rows of an edit
+    edit_rows[0, :1555], edit_rows[1], edit_rows[2, :276] = True, True, True
+    assert mmdit.runs_per_sample(edit_rows, width=1536)
+    assert not mmdit.runs_per_sample(edit_rows, width=64)  # narrow: a layer costs little more than its call
+    assert not mmdit.runs_per_sample(edit_rows[:1], width=1536)  # one sample
+    nearly_full = torch.ones(2, 300, dtype=torch.bool)
+    nearly_full[1, 290:] = False  # 1.7 % padding
+    assert not mmdit.runs_per_sample(nearly_full, width=1536)
+
+
 def test_samples_of_different_lengths_run_alone_as_in_one_padded_batch(tiny_pipe):
     golden = golden_tensors("unit_mmdit")
     head = tiny_pipe.generation_decoder.decoder
     samples = unit_mmdit_samples(golden)
     prepared = head.prepare(samples, torch.device("cpu"))
-    assert prepared.row_slots is not None and prepared.per_sample  # much padding: each sample runs alone
+    assert prepared.row_slots is not None and not prepared.per_sample  # much padding, but too narrow to pay
+    prepared.per_sample = True  # each sample runs alone
     alone = head(golden["latents"], golden["timestep"], samples, prepared)
     prepared.per_sample = False  # one batch, each sample attending on its own slots
     attending_alone = head(golden["latents"], golden["timestep"], samples, prepared)

@@ -358,10 +358,24 @@ class PreparedBatch:
     per_sample: bool = False
 
 
-# Above this fraction of padded slots the torch step runs each sample alone on its real slots. Smaller matrix
-# products are slower per token: on a 2-core CPU, a text-to-image batch with 2 % padding ran 5 % slower one
-# sample at a time, an edit batch with 27 % padding 30 % faster.
+# The torch step runs each sample alone on its real slots when that saves more than it costs: it skips the
+# padded slots' work in every linear layer, but smaller products run slower per token and every layer's fixed
+# cost is paid once per sample. So it needs padding over PER_SAMPLE_MIN_PADDING of the batch (on a 2-core CPU
+# a text-to-image batch with 2 % padding ran 5 % slower one sample at a time, an edit batch with 27 % padding
+# 30 % faster) and padded work per extra sample, padded slots x width^2 / (samples - 1), over
+# PER_SAMPLE_MIN_WORK (nano's eval batches, 40 rows of width 192 with ~30 % padding, took 2.1x as long one
+# sample at a time: 14.9 against 7.1 s for 40 prompts; an edit of `small`, width 1536, saves ~10^9 per sample).
 PER_SAMPLE_MIN_PADDING = 0.1
+PER_SAMPLE_MIN_WORK = 5e6
+
+
+def runs_per_sample(valid: torch.Tensor, width: int) -> bool:
+    """Whether a padded batch (`valid` [B, slots]) is faster one sample at a time (see PER_SAMPLE_MIN_PADDING)."""
+    samples, slots = valid.shape
+    padded = samples * slots - int(valid.sum())
+    if samples < 2 or padded <= PER_SAMPLE_MIN_PADDING * samples * slots:
+        return False
+    return padded * width**2 / (samples - 1) > PER_SAMPLE_MIN_WORK
 
 
 def _pad_stack(rows: Sequence[torch.Tensor], length: int, fill: float = 0.0) -> torch.Tensor:
@@ -430,14 +444,13 @@ class InternVLUTransformer2DModel(nn.Module):
                 positions[b, start : start + n] = pos[first : first + n]
         freqs = rope_frequencies(positions.flatten(0, 1), self.config.axes_dims_rope).reshape(len(samples), G + C + T, -1)
         # Found here, on the host, so that the steps index without a device sync.
-        padding = 1.0 - valid.float().mean().item()
-        row_slots = [row.nonzero().squeeze(1).to(device) for row in valid] if padding > 0 else None
+        row_slots = [row.nonzero().squeeze(1).to(device) for row in valid] if not valid.all() else None
         return PreparedBatch(
             target_lengths=target_lengths, target_slots=G,
             condition_tokens=_pad_stack(conditions, C).to(device),
             context=_pad_stack([s.context for s in samples], T).to(device, dtype),
             valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device),
-            row_slots=row_slots, per_sample=padding > PER_SAMPLE_MIN_PADDING)
+            row_slots=row_slots, per_sample=runs_per_sample(valid, self.config.inner_dim))
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, samples: Sequence[SampleInputs],
                 prepared: PreparedBatch | None = None, cache: StepCache | None = None) -> torch.Tensor:
