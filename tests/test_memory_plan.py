@@ -63,9 +63,11 @@ def test_doctor_reports_the_machine_and_a_plan_per_preset(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["machine"]["cpu_cores"] >= 1 and "bitsandbytes" in report["machine"]["libraries"]
+    assert report["machine"]["cpu_float32_linear"] in ("onednn", "blas")
     presets = {row["preset"] for row in report["plans"]}
     assert {"balanced", "lowvram"} <= presets
     budget = report["memory_budget_bytes"]
     assert all((row["verdict"] == "fits") == (row["peak_bytes"] <= budget) for row in report["plans"])
     text = run_cli("doctor", "--model", GOLDEN / "tiny_pipeline", timeout=120)
     assert text.returncode == 0 and "memory plan" in text.stdout and "lowvram" in text.stdout
+    assert "float32 linear layers on the CPU: " in text.stdout

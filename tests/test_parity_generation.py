@@ -122,6 +122,20 @@ def test_samples_of_different_lengths_run_alone_as_in_one_padded_batch(tiny_pipe
     assert not torch.equal(alone, torch.zeros_like(alone))
 
 
+def test_samples_with_the_same_slots_attend_together_exactly_as_alone(tiny_pipe):
+    golden = golden_tensors("unit_mmdit")
+    head = tiny_pipe.generation_decoder.decoder
+    samples = unit_mmdit_samples(golden)
+    samples = samples + samples[:2]  # the same slots again, with other latents below
+    latents = torch.cat([golden["latents"], golden["latents"][:2].flip(-1)])
+    timestep = torch.cat([golden["timestep"], golden["timestep"][:2]])
+    prepared = head.prepare(samples, torch.device("cpu"))
+    assert max(len(rows) for rows, _ in prepared.slot_groups) >= 2
+    together = head(latents, timestep, samples, prepared)
+    prepared.slot_groups = [(torch.tensor([b]), slots) for b, slots in enumerate(prepared.row_slots)]
+    assert torch.equal(head(latents, timestep, samples, prepared), together)
+
+
 def test_unit_vae(tiny_pipe):
     golden = golden_tensors("unit_vae")
     latents = tiny_pipe.vae.encode(golden["pixels"])

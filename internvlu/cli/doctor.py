@@ -30,10 +30,12 @@ def machine() -> dict:
     import torch
 
     from internvlu.runtime.export_manifest import library_version
+    from internvlu.runtime.onednn_linear import onednn_linear_available
 
     total, available = _system_memory()
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
             "ram_bytes": total, "ram_available_bytes": available, "gpu": None,
+            "cpu_float32_linear": "onednn" if onednn_linear_available() else "blas",
             "libraries": {name: library_version(name) for name in EXTRAS}}
     if torch.cuda.is_available():
         free, gpu_total = torch.cuda.mem_get_info()
@@ -103,7 +105,7 @@ def doctor(
     out = sys.stdout.write
     gpu = info["gpu"]
     out(f"python {info['python']}, torch {info['torch']}, {info['cpu_cores']} CPU cores, "
-        f"{(info['ram_bytes'] or 0) / GiB:.1f} GiB RAM\n")
+        f"{(info['ram_bytes'] or 0) / GiB:.1f} GiB RAM; float32 linear layers on the CPU: {info['cpu_float32_linear']}\n")
     if gpu:
         out(f"GPU: {gpu['name']} (compute capability {gpu['compute_capability']}), {gpu['free_bytes'] / GiB:.1f} of "
             f"{gpu['memory_bytes'] / GiB:.1f} GiB free\n")

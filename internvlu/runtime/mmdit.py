@@ -224,6 +224,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ---- attention and block -----------------------------------------------------------------------------
 
 
+# (sample indices, the real slots they all have): the samples of a padded batch grouped by their real slots.
+SlotGroups = list[tuple[torch.Tensor, torch.Tensor]]
+
+
 class AttentionVE(nn.Module):
     def __init__(self, dim: int, head_dim: int):
         super().__init__()
@@ -252,12 +256,13 @@ class AttentionVE(nn.Module):
         return norm_q(q), norm_k(k), v, gate
 
     def forward(self, h_img: torch.Tensor, h_txt: torch.Tensor, key_mask: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor, row_slots: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                sin: torch.Tensor, slot_groups: SlotGroups | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint attention of each sample's [image | context] tokens; `key_mask` [B, 1, 1, N] hides padding.
 
-        With `row_slots`, each sample attends on its real slots alone with no mask, as the reference's
+        With `slot_groups`, each sample attends on its real slots alone with no mask, as the reference's
         per-segment SDPA does: over padded keys with a mask, SDPA's rounding differs (in bfloat16 by an ulp in
-        a quarter of the outputs). Padded slots then hold zeros."""
+        a quarter of the outputs). Samples with the same real slots share one SDPA call, which computes each
+        of them exactly as alone. Padded slots then hold zeros."""
         dtype = self.to_v.weight.dtype
         n_img = h_img.shape[1]
         img = self._project(h_img, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
@@ -265,14 +270,14 @@ class AttentionVE(nn.Module):
         q, k, v, gate = (torch.cat([a, b], dim=1).to(dtype) for a, b in zip(img, txt))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, Dh]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if row_slots is None:
+        if slot_groups is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         else:
             out = torch.zeros_like(q)
-            for b, slots in enumerate(row_slots):
+            for rows, slots in slot_groups:
                 # Kept 4-D: SDPA picks another CPU kernel, with other rounding, for 3-D inputs.
-                row = (t[b : b + 1, :, slots] for t in (q, k, v))
-                out[b, :, slots] = F.scaled_dot_product_attention(*row)[0]
+                group = (t.index_select(0, rows).index_select(2, slots) for t in (q, k, v))
+                out[rows[:, None], :, slots] = F.scaled_dot_product_attention(*group).transpose(1, 2)
         out = out.transpose(1, 2).flatten(2)
         gate = torch.sigmoid(gate)
         # Contiguous streams: a strided one sends the projection to a batched kernel with other rounding (an ulp
@@ -291,14 +296,14 @@ class InternVLUTransformerBlock(nn.Module):
         self.txt_mlp = FeedForward(dim)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, key_mask: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor, row_slots: list[torch.Tensor] | None = None
+                cos: torch.Tensor, sin: torch.Tensor, slot_groups: SlotGroups | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         # One modulation vector per sample, broadcast over its tokens.
         shift1, scale1, gate1, shift2, scale2, gate2 = self.img_mod(temb)[:, None].chunk(6, dim=-1)
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(temb)[:, None].chunk(6, dim=-1)
         attn_img, attn_txt = self.attn(layer_norm_fp32(img) * (1 + scale1) + shift1,
                                        layer_norm_fp32(txt) * (1 + t_scale1) + t_shift1, key_mask, cos, sin,
-                                       row_slots)
+                                       slot_groups)
         img = img + gate1 * attn_img
         txt = txt + t_gate1 * attn_txt
         img = img + gate2 * self.img_mlp(layer_norm_fp32(img) * (1 + scale2) + shift2)
@@ -344,8 +349,8 @@ class PreparedBatch:
 
     Padding slots are hidden by `valid` and get RoPE angle 0. `target_lengths` says how many of the first
     image slots of each sample are its target tokens. `row_slots` (only when there is padding) lists each
-    sample's real slots, for the torch step: its attention runs on those alone, and with `per_sample` (much
-    of the batch is padding) so does all of it."""
+    sample's real slots, for the torch step: its attention runs on those alone (`slot_groups`: the samples
+    that have the same ones together), and with `per_sample` so does all of it."""
 
     target_lengths: list[int]
     target_slots: int
@@ -355,6 +360,7 @@ class PreparedBatch:
     cos: torch.Tensor  # [B, same, head_dim / 2]
     sin: torch.Tensor
     row_slots: list[torch.Tensor] | None = None  # per sample: indices of its valid slots (long, on the device)
+    slot_groups: SlotGroups | None = None
     per_sample: bool = False
 
 
@@ -444,13 +450,19 @@ class InternVLUTransformer2DModel(nn.Module):
                 positions[b, start : start + n] = pos[first : first + n]
         freqs = rope_frequencies(positions.flatten(0, 1), self.config.axes_dims_rope).reshape(len(samples), G + C + T, -1)
         # Found here, on the host, so that the steps index without a device sync.
-        row_slots = [row.nonzero().squeeze(1).to(device) for row in valid] if not valid.all() else None
+        row_slots = slot_groups = None
+        if not valid.all():
+            row_slots = [row.nonzero().squeeze(1).to(device) for row in valid]
+            samples_by_slots: dict[bytes, list[int]] = {}
+            for b, row in enumerate(valid):
+                samples_by_slots.setdefault(row.numpy().tobytes(), []).append(b)
+            slot_groups = [(torch.tensor(rows, device=device), row_slots[rows[0]]) for rows in samples_by_slots.values()]
         return PreparedBatch(
             target_lengths=target_lengths, target_slots=G,
             condition_tokens=_pad_stack(conditions, C).to(device),
             context=_pad_stack([s.context for s in samples], T).to(device, dtype),
             valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device),
-            row_slots=row_slots, per_sample=runs_per_sample(valid, self.config.inner_dim))
+            row_slots=row_slots, slot_groups=slot_groups, per_sample=runs_per_sample(valid, self.config.inner_dim))
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, samples: Sequence[SampleInputs],
                 prepared: PreparedBatch | None = None, cache: StepCache | None = None) -> torch.Tensor:
@@ -472,7 +484,7 @@ class InternVLUTransformer2DModel(nn.Module):
         elif prepared.per_sample:
             out = self._denoise_each_row(*inputs, prepared.row_slots)
         else:
-            out = self.denoise_tokens(*inputs, row_slots=prepared.row_slots)
+            out = self.denoise_tokens(*inputs, slot_groups=prepared.slot_groups)
         return self._unpatchify(out[:, : prepared.target_slots], samples, latents)
 
     def _denoise_each_row(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
@@ -497,14 +509,14 @@ class InternVLUTransformer2DModel(nn.Module):
 
     def denoise_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
                        cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor,
-                       row_slots: list[torch.Tensor] | None = None) -> torch.Tensor:
+                       slot_groups: SlotGroups | None = None) -> torch.Tensor:
         """One denoise step on tensors only: image tokens [B, I, in_channels] (targets, then conditions),
         context [B, T, joint_attention_dim], `valid` [B, I + T], RoPE cos/sin [B, I + T, head_dim / 2] and
         the timestep's sinusoidal features [B, 256] -> output tokens [B, I, patch^2 out_channels]. This is
-        the graph that is exported (without `row_slots`, which only the torch step passes)."""
+        the graph that is exported (without `slot_groups`, which only the torch step passes)."""
         img, txt, temb, key_mask = self.embed_tokens(image_tokens, context, valid, time_features)
         for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, key_mask, cos, sin, row_slots)
+            img, txt = block(img, txt, temb, key_mask, cos, sin, slot_groups)
         return self.project_out(img, temb)
 
     def embed_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
