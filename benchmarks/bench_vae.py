@@ -1,6 +1,7 @@
-"""VAE encode and decode of one image with the 2-D path for single frames (in the default layout, as shipped,
-and channels-last) and with diffusers' 3-D path, side by side in one process: after a warm-up round, rounds over the three
-paths in rotating order, best of N each. One JSON line with the times, the speed-ups and the largest differences.
+"""VAE encode and decode of one image with the 2-D path for single frames (in the default layout and channels-last)
+and with diffusers' 3-D path, side by side in one process: after a warm-up round, rounds over the three paths in
+rotating order, best of N each. One JSON line with the times, the speed-ups and the largest differences. The
+runtime ships channels-last for float32 on a CPU and the default layout in bfloat16 (`runtime/vae.py`).
 
     python -m internvlu.synthetic /tmp/small --size small && python benchmarks/bench_vae.py /tmp/small --size 256
 """

@@ -2,6 +2,7 @@
 either memory layout."""
 
 import torch
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
 from conftest import golden_tensors
 from internvlu import InternVLUPipeline
@@ -36,14 +37,36 @@ def test_several_frames_keep_the_3d_path(tiny_dir, monkeypatch):
     torch.testing.assert_close(vae.model.encode(video).latent_dist.mode(), mixed, atol=1e-5, rtol=0)
 
 
-def test_the_channels_last_layout_gives_the_default_layouts_numbers(tiny_dir):
+def test_float32_runs_channels_last_with_the_default_layouts_numbers(tiny_dir):
     vae = InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.float32).vae
     pixels = golden_tensors("unit_vae")["pixels"]
-    latents = vae.encode(pixels)  # the default layout
+    layouts = []
+
+    def record_layout(module, args, output):
+        frame = output[:, :, 0]
+        if frame.shape[1] > 1 and frame.shape[2] * frame.shape[3] > 1:  # where the layouts differ
+            layouts.append(frame.is_contiguous(memory_format=torch.channels_last) and not frame.is_contiguous())
+
+    for module in vae.model.modules():
+        if isinstance(module, QwenImageCausalConv3d):
+            module.register_forward_hook(record_layout)
+    latents = vae.encode(pixels)
     decoded = vae.decode(latents)
-    use_planar_convolutions(vae.model, True, channels_last=True)
+    assert layouts and all(layouts)
+    use_planar_convolutions(vae.model, True, channels_last=False)
+    layouts.clear()
     torch.testing.assert_close(vae.encode(pixels), latents, atol=1e-5, rtol=0)
     torch.testing.assert_close(vae.decode(latents), decoded, atol=1e-5, rtol=0)
+    assert layouts and not any(layouts)
+
+
+def test_bfloat16_keeps_the_default_layout_and_the_3d_paths_bits(tiny_dir):
+    vae = InternVLUPipeline.from_pretrained(tiny_dir, torch_dtype=torch.bfloat16).vae
+    pixels = golden_tensors("unit_vae")["pixels"]
+    latents = vae.encode(pixels)
+    decoded = vae.decode(latents)
+    use_planar_convolutions(vae.model, False)
+    assert torch.equal(vae.encode(pixels), latents) and torch.equal(vae.decode(latents), decoded)
 
 
 def test_decode_denormalises_with_the_reciprocal_taken_in_the_vae_dtype(tiny_dir):

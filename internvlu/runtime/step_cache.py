@@ -59,7 +59,7 @@ class CacheProfile:
 PROFILES = {
     ("safe", False): CacheProfile(0.5, 3, 4, 0.5, 2),
     ("safe", True): CacheProfile(0.3, 2, 4, 0.6, 2),
-    ("fast", False): CacheProfile(0.8, 4, 3, 0.3, 3),
+    ("fast", False): CacheProfile(0.8, 4, 2, 0.1, 6),
     ("fast", True): CacheProfile(0.3, 3, 3, 0.4, 3),
 }
 

@@ -8,8 +8,10 @@ Images are videos of one frame to this VAE: each causal 3-D convolution pads tha
 front, so only its last temporal tap ever meets data. `build_vae` gives every such convolution a 2-D path for
 one uncached frame (that tap as a 2-D kernel: a third of the FLOPs of a 3x3x3 kernel, the same sums up to
 float rounding); anything else (several frames, cached frames) takes diffusers' 3-D path. The 2-D
-convolutions keep the default memory layout: channels-last is faster on a CPU but rounds differently
-(`use_planar_convolutions`).
+convolutions pad by themselves rather than through a padded copy of the frame (the same sums, 10 % off a
+decode), and in float32 on a CPU run channels-last, oneDNN's native layout (encode 1.33x faster, largest
+difference 8e-6 here); in bfloat16 they keep the default layout, in which the 2-D path gives the 3-D path's
+numbers bit for bit (`use_planar_convolutions`).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ def build_vae(config: VAEConfig) -> AutoencoderKLQwenImage:
     return model
 
 
-def use_planar_convolutions(model: AutoencoderKLQwenImage, enabled: bool, channels_last: bool = False) -> None:
+def use_planar_convolutions(model: AutoencoderKLQwenImage, enabled: bool, channels_last: bool | None = None) -> None:
     """Give each causal convolution of `model` the 2-D path for one uncached frame, or take it away (diffusers'
     3-D path everywhere, e.g. to compare against).
 
-    In the default layout the 2-D path gave the 3-D path's numbers bit for bit here, in bfloat16 too;
-    `channels_last` (CPU only, for `benchmarks/bench_vae.py`) encodes ~20 % faster on a 2-core CPU but rounds
-    differently: in bfloat16 it moved 84 % of the decoded values by up to 0.04, so it is not the default."""
+    In the default layout the 2-D path gave the 3-D path's numbers bit for bit here, in bfloat16 too.
+    `channels_last` (CPU only; None: for float32 frames) is faster on a 2-core CPU but rounds differently: in
+    bfloat16 it moved 84 % of the decoded values by up to 0.04 (the reference's bits are kept there), in
+    float32 by at most 8e-6. `benchmarks/bench_vae.py` passes it explicitly to compare the layouts."""
     for module in model.modules():
         if isinstance(module, QwenImageCausalConv3d):
             vars(module).pop("forward", None)
@@ -45,7 +48,7 @@ def use_planar_convolutions(model: AutoencoderKLQwenImage, enabled: bool, channe
                 _give_planar_path(module, channels_last)
 
 
-def _give_planar_path(conv: QwenImageCausalConv3d, channels_last: bool) -> None:
+def _give_planar_path(conv: QwenImageCausalConv3d, channels_last: bool | None) -> None:
     """Run `conv` as a 2-D convolution on one frame with no cache, where its causal padding puts that frame on the
     last temporal tap alone (temporal stride and dilation 1, 2p = k - 1 zero frames in front)."""
     frames_in_front, taps = conv._padding[4], conv.kernel_size[0]
@@ -54,15 +57,22 @@ def _give_planar_path(conv: QwenImageCausalConv3d, channels_last: bool) -> None:
     volumetric = conv.forward
     width_left, width_right, height_top, height_bottom = conv._padding[:4]
 
+    symmetric = width_left == width_right and height_top == height_bottom
+
     def forward(x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
         if cache_x is not None or x.shape[2] != 1:
             return volumetric(x, cache_x)
-        frame = F.pad(x[:, :, 0], (width_left, width_right, height_top, height_bottom))
-        kernel = conv.weight[:, :, -1]
-        if channels_last and x.device.type == "cpu":
+        frame, kernel = x[:, :, 0], conv.weight[:, :, -1]
+        if x.device.type == "cpu" and (x.dtype == torch.float32 if channels_last is None else channels_last):
             frame = frame.contiguous(memory_format=torch.channels_last)
             kernel = kernel.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(frame, kernel, conv.bias, conv.stride[1:], 0, conv.dilation[1:], conv.groups)[:, :, None]
+        else:
+            frame = frame.contiguous()  # the layout decides the rounding: never inherit one
+        if symmetric:  # the convolution pads by itself: no padded copy of the frame
+            padding = (height_top, width_left)
+        else:
+            frame, padding = F.pad(frame, (width_left, width_right, height_top, height_bottom)), (0, 0)
+        return F.conv2d(frame, kernel, conv.bias, conv.stride[1:], padding, conv.dilation[1:], conv.groups)[:, :, None]
 
     conv.forward = forward
 
