@@ -136,6 +136,23 @@ def test_samples_with_the_same_slots_attend_together_exactly_as_alone(tiny_pipe)
     assert torch.equal(head(latents, timestep, samples, prepared), together)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_time_modulation_found_for_all_steps_at_once_is_each_steps_own(tiny_pipe, steps):
+    golden = golden_tensors("unit_mmdit")
+    head = tiny_pipe.generation_decoder.decoder
+    samples = unit_mmdit_samples(golden)
+    timesteps = golden["timestep"][0] * torch.linspace(1.0, 0.2, steps)
+    prepared = head.prepare(samples, torch.device("cpu"), timesteps)
+    assert len(prepared.time_modulations) == steps
+    for step, t in enumerate(timesteps):
+        timestep = t.expand(len(samples))
+        inline = head(golden["latents"], timestep, samples, prepared)
+        tabled = head(golden["latents"], timestep, samples, prepared, step=step)
+        torch.testing.assert_close(tabled, inline, atol=1e-6, rtol=1e-6)
+    if steps > 1:  # the step index, not the timestep passed, picks the table's row
+        assert not torch.equal(head(golden["latents"], timestep, samples, prepared, step=0), tabled)
+
+
 def test_unit_vae(tiny_pipe):
     golden = golden_tensors("unit_vae")
     latents = tiny_pipe.vae.encode(golden["pixels"])
@@ -151,10 +168,10 @@ class Recorder:
         self.head, self.forward = head, head.forward
         self.samples, self.velocities, self.timesteps = None, [], []
 
-    def __call__(self, latents, timestep, samples, prepared=None, cache=None):
+    def __call__(self, latents, timestep, samples, prepared=None, cache=None, step=None):
         self.samples = samples
         self.timesteps.append(timestep.clone())
-        out = self.forward(latents, timestep, samples, prepared, cache)
+        out = self.forward(latents, timestep, samples, prepared, cache, step)
         self.velocities.append(out.clone())
         return out
 

@@ -295,12 +295,16 @@ class InternVLUTransformerBlock(nn.Module):
         self.img_mlp = FeedForward(dim)
         self.txt_mlp = FeedForward(dim)
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, temb: torch.Tensor, key_mask: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor, slot_groups: SlotGroups | None = None
+    def modulation(self, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adaLN vectors of the image and the context stream for timestep embeddings `temb` [n, D]."""
+        return self.img_mod(temb), self.txt_mod(temb)
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, modulation: tuple[torch.Tensor, torch.Tensor],
+                key_mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot_groups: SlotGroups | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        # One modulation vector per sample, broadcast over its tokens.
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.img_mod(temb)[:, None].chunk(6, dim=-1)
-        t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(temb)[:, None].chunk(6, dim=-1)
+        # One modulation vector per sample (or one for all), broadcast over its tokens.
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation[0][:, None].chunk(6, dim=-1)
+        t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = modulation[1][:, None].chunk(6, dim=-1)
         attn_img, attn_txt = self.attn(layer_norm_fp32(img) * (1 + scale1) + shift1,
                                        layer_norm_fp32(txt) * (1 + t_scale1) + t_shift1, key_mask, cos, sin,
                                        slot_groups)
@@ -319,10 +323,29 @@ class AdaLayerNormContinuous(nn.Module):
         self.silu = nn.SiLU()
         self.linear = nn.Linear(dim, 2 * dim)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        emb = self.linear(self.silu(temb)).float()[:, None]
-        scale, shift = emb.chunk(2, dim=-1)  # scale first, unlike the blocks
+    def modulation(self, temb: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.silu(temb))
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        scale, shift = modulation.float()[:, None].chunk(2, dim=-1)  # scale first, unlike the blocks
         return (F.layer_norm(x.float(), (x.shape[-1],), eps=NORM_EPS) * (1 + scale) + shift).to(x.dtype)
+
+
+@dataclass
+class TimeModulation:
+    """What the timestep gives a denoise step: each block's adaLN vectors (image stream, context stream) and the
+    output norm's, one row per sample or one for all (every sample of a call shares its timestep)."""
+
+    blocks: list[tuple[torch.Tensor, torch.Tensor]]
+    out: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> "TimeModulation":
+        """The modulation of the samples `index`; a shared one serves them as it is."""
+        if self.out.shape[0] == 1:
+            return self
+        index = index.to(self.out.device)
+        return TimeModulation([(img.index_select(0, index), txt.index_select(0, index)) for img, txt in self.blocks],
+                              self.out.index_select(0, index))
 
 
 # ---- the model ---------------------------------------------------------------------------------------
@@ -362,6 +385,7 @@ class PreparedBatch:
     row_slots: list[torch.Tensor] | None = None  # per sample: indices of its valid slots (long, on the device)
     slot_groups: SlotGroups | None = None
     per_sample: bool = False
+    time_modulations: list[TimeModulation] | None = None  # per step of the call, when its timesteps were given
 
 
 # The torch step runs each sample alone on its real slots when that saves more than it costs: it skips the
@@ -428,8 +452,10 @@ class InternVLUTransformer2DModel(nn.Module):
         C = x.shape[0]
         return x.reshape(C, gh // p, p, gw // p, p).permute(1, 3, 0, 2, 4).reshape((gh // p) * (gw // p), C * p * p)
 
-    def prepare(self, samples: Sequence[SampleInputs], device: torch.device) -> PreparedBatch:
-        """Padding, masks and RoPE angles of a batch; they do not change across denoising steps."""
+    def prepare(self, samples: Sequence[SampleInputs], device: torch.device,
+                timesteps: torch.Tensor | None = None) -> PreparedBatch:
+        """Padding, masks and RoPE angles of a batch; they do not change across denoising steps. With the call's
+        `timesteps` (as the head takes them, in order) also each step's time modulation (`modulation_table`)."""
         p = self.config.patch_size
         dtype = self.dtype
         target_lengths = [(s.target_grid[0] // p) * (s.target_grid[1] // p) for s in samples]
@@ -462,12 +488,27 @@ class InternVLUTransformer2DModel(nn.Module):
             condition_tokens=_pad_stack(conditions, C).to(device),
             context=_pad_stack([s.context for s in samples], T).to(device, dtype),
             valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device),
-            row_slots=row_slots, slot_groups=slot_groups, per_sample=runs_per_sample(valid, self.config.inner_dim))
+            row_slots=row_slots, slot_groups=slot_groups, per_sample=runs_per_sample(valid, self.config.inner_dim),
+            time_modulations=None if timesteps is None or self.step != self.denoise_tokens else self.modulation_table(timesteps))
+
+    def modulation_table(self, timesteps: torch.Tensor) -> list[TimeModulation]:
+        """The time modulation of each of a call's timesteps [S], found for all of them at once: the blocks'
+        modulation weights, a third of the head's, are then read once per call instead of once per step.
+
+        Each product gets at least two rows: oneDNN computes a single row with another kernel, rounding
+        otherwise, and any number from two on row by row alike, so the table holds what a step of two or more
+        samples (the reference runs three) computes for itself."""
+        features = timestep_features(timesteps.to(self.dtype))
+        table = self.time_modulation(self.embed_time(features if len(features) > 1 else features.expand(2, -1)))
+        return [TimeModulation([(img[s : s + 1], txt[s : s + 1]) for img, txt in table.blocks], table.out[s : s + 1])
+                for s in range(len(timesteps))]
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, samples: Sequence[SampleInputs],
-                prepared: PreparedBatch | None = None, cache: StepCache | None = None) -> torch.Tensor:
+                prepared: PreparedBatch | None = None, cache: StepCache | None = None, step: int | None = None
+                ) -> torch.Tensor:
         """Velocity [B, C, Hl, Wl] for latents [B, C, Hl, Wl] (one sample per latent); with a `cache` (accel on),
-        the step may reuse work of earlier steps of the same call (`runtime.step_cache`)."""
+        the step may reuse work of earlier steps of the same call (`runtime.step_cache`). `step` indexes the
+        timesteps `prepared` was given (then `timestep` must be that one)."""
         prepared = prepared or self.prepare(samples, latents.device)
         latents = latents.to(self.dtype)
         targets = _pad_stack([self._patchify(latents[b], s.target_grid) for b, s in enumerate(samples)], prepared.target_slots)
@@ -477,19 +518,20 @@ class InternVLUTransformer2DModel(nn.Module):
         # and exported graphs take its features as input.
         time_features = timestep_features(timestep.to(self.dtype))
         inputs = (image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, time_features)
+        modulation = prepared.time_modulations[step] if prepared.time_modulations and step is not None else None
         if cache is not None:
-            out = cache.denoise(self, *inputs)
-        elif prepared.row_slots is None or self.step != self.denoise_tokens:  # exported steps take a padded batch
+            out = cache.denoise(self, *inputs, modulation)
+        elif self.step != self.denoise_tokens:  # exported and compiled steps take a padded batch
             out = self.step(*inputs)
         elif prepared.per_sample:
-            out = self._denoise_each_row(*inputs, prepared.row_slots)
+            out = self._denoise_each_row(*inputs, prepared.row_slots, modulation)
         else:
-            out = self.denoise_tokens(*inputs, slot_groups=prepared.slot_groups)
+            out = self.denoise_tokens(*inputs, slot_groups=prepared.slot_groups, modulation=modulation)
         return self._unpatchify(out[:, : prepared.target_slots], samples, latents)
 
     def _denoise_each_row(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
                           cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor,
-                          row_slots: list[torch.Tensor]) -> torch.Tensor:
+                          row_slots: list[torch.Tensor], modulation: TimeModulation | None) -> torch.Tensor:
         """`denoise_tokens` for each sample on its valid slots alone, like the reference's packed sequence.
 
         Samples of one batch can differ a lot in length (an edit's all-dropped branch has no condition tokens:
@@ -501,7 +543,8 @@ class InternVLUTransformer2DModel(nn.Module):
             image_slots = slots[slots < n_image]
             row = self.denoise_tokens(image_tokens[b : b + 1, image_slots], context[b : b + 1, slots[len(image_slots) :] - n_image],
                                       valid[b : b + 1, slots], cos[b : b + 1, slots], sin[b : b + 1, slots],
-                                      time_features[b : b + 1])
+                                      time_features[b : b + 1],
+                                      modulation=None if modulation is None else modulation.rows(torch.tensor([b])))
             if out is None:
                 out = row.new_zeros(image_tokens.shape[0], n_image, row.shape[-1])
             out[b, image_slots] = row[0]
@@ -509,31 +552,40 @@ class InternVLUTransformer2DModel(nn.Module):
 
     def denoise_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
                        cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor,
-                       slot_groups: SlotGroups | None = None) -> torch.Tensor:
+                       slot_groups: SlotGroups | None = None, modulation: TimeModulation | None = None) -> torch.Tensor:
         """One denoise step on tensors only: image tokens [B, I, in_channels] (targets, then conditions),
         context [B, T, joint_attention_dim], `valid` [B, I + T], RoPE cos/sin [B, I + T, head_dim / 2] and
         the timestep's sinusoidal features [B, 256] -> output tokens [B, I, patch^2 out_channels]. This is
-        the graph that is exported (without `slot_groups`, which only the torch step passes)."""
-        img, txt, temb, key_mask = self.embed_tokens(image_tokens, context, valid, time_features)
-        for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, key_mask, cos, sin, slot_groups)
-        return self.project_out(img, temb)
+        the graph that is exported (without `slot_groups` and `modulation`, which only the torch step passes:
+        the step's time modulation, when the call found it for all steps at once)."""
+        img, txt, key_mask = self.embed_tokens(image_tokens, context, valid)
+        if modulation is None:
+            modulation = self.time_modulation(self.embed_time(time_features))
+        for block, block_modulation in zip(self.transformer_blocks, modulation.blocks):
+            img, txt = block(img, txt, block_modulation, key_mask, cos, sin, slot_groups)
+        return self.project_out(img, modulation.out)
 
-    def embed_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
-                     time_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The blocks' inputs: image and context streams, the timestep embedding and the attention key mask."""
+    def embed_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The blocks' inputs: the image and context streams and the attention key mask."""
         dtype = self.dtype
         img = self.img_in(image_tokens.to(dtype))
         txt = self.txt_in(self.txt_norm(context.to(dtype)))
-        temb = self.time_text_embed.timestep_embedder(time_features.to(dtype))
         key_mask = valid[:, None, None, :]
         if torch.onnx.is_in_onnx_export():
             # ONNX Runtime's Attention kernel does not broadcast the mask over queries; torch's SDPA does.
             key_mask = key_mask.expand(-1, -1, valid.shape[1], -1)
-        return img, txt, temb, key_mask
+        return img, txt, key_mask
 
-    def project_out(self, img: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return self.proj_out(self.norm_out(img, temb))
+    def embed_time(self, time_features: torch.Tensor) -> torch.Tensor:
+        """Timestep embeddings [n, D] from the sinusoidal features [n, 256]."""
+        return self.time_text_embed.timestep_embedder(time_features.to(self.dtype))
+
+    def time_modulation(self, temb: torch.Tensor) -> TimeModulation:
+        return TimeModulation([block.modulation(temb) for block in self.transformer_blocks], self.norm_out.modulation(temb))
+
+    def project_out(self, img: torch.Tensor, out_modulation: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.norm_out(img, out_modulation))
 
     def _unpatchify(self, tokens: torch.Tensor, samples: Sequence[SampleInputs], latents: torch.Tensor) -> torch.Tensor:
         p, C = self.config.patch_size, self.config.out_channels

@@ -45,7 +45,7 @@ from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, 
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
 from internvlu.runtime.onednn_linear import use_onednn_linears
 from internvlu.runtime.processor import InternVLUProcessor, ProcessorOutput
-from internvlu.runtime.sampler import StepCallback, build_scheduler, sample
+from internvlu.runtime.sampler import StepCallback, build_scheduler, sample, scheduled_timesteps
 from internvlu.runtime.step_cache import PROFILES, StepCache, off_reason
 from internvlu.runtime.vae import VAE, build_vae, to_uint8_images
 
@@ -347,16 +347,18 @@ class InternVLUPipeline:
         noise = _initial_noise((inputs.num_samples * n, self.vae.config.z_dim, *conditioning.target_grid), generator, self.device)
         head = self.generation_decoder.decoder
         batch = conditioning.head_samples(n)
-        prepared = head.prepare(batch, self.device)
         timestep_scale = self.generation_decoder.config.mmdit.timestep_scale
+        scheduler = build_scheduler(self.scheduler_config)
+        head_timesteps = (scheduled_timesteps(scheduler, steps, self.device) * timestep_scale).to(self.device)
+        prepared = head.prepare(batch, self.device, head_timesteps)
         cache = self._step_cache(accel, steps, conditioning, n)
 
-        def velocity(latents: torch.Tensor, t: torch.Tensor):
+        def velocity(latents: torch.Tensor, t: torch.Tensor, step: int):
             x = conditioning.head_latents(latents, n)
             timestep = (t.expand(x.shape[0]) * timestep_scale).to(self.device)
-            return conditioning.branch_velocities(head(x, timestep, batch, prepared, cache).float(), n)
+            return conditioning.branch_velocities(head(x, timestep, batch, prepared, cache, step).float(), n)
 
-        latents = sample(velocity, noise, build_scheduler(self.scheduler_config), steps, all_cfg_scale, part_cfg_scale, callback)
+        latents = sample(velocity, noise, scheduler, steps, all_cfg_scale, part_cfg_scale, callback)
 
         # 6. Decode and post-process like the reference, then LANCZOS-resize to the requested size (P15).
         images = None

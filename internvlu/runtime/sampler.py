@@ -16,8 +16,8 @@ TIMESTEP_SHIFT = 3.0
 NORM_RESCALE_ABOVE_TIMESTEP = 930
 NORM_EXPONENT = 0.4
 
-# (full condition, text dropped, all dropped) velocities for the current latents and timestep.
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# (full condition, text dropped, all dropped) velocities for the current latents, timestep and step index.
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
@@ -25,6 +25,13 @@ def build_scheduler(config: dict) -> DPMSolverMultistepScheduler:
     values = {k: v for k, v in config.items() if not k.startswith("_")}
     values["flow_shift"] = TIMESTEP_SHIFT
     return DPMSolverMultistepScheduler.from_config(values)
+
+
+def scheduled_timesteps(scheduler: DPMSolverMultistepScheduler, num_inference_steps: int,
+                        device: torch.device) -> torch.Tensor:
+    """The timesteps `sample` will visit, in order (for a head that prepares per-step work up front)."""
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    return scheduler.timesteps
 
 
 def _norm_divisor(difference: torch.Tensor) -> torch.Tensor:
@@ -50,12 +57,11 @@ def sample(
     part_cfg_scale: float,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    timesteps = scheduled_timesteps(scheduler, num_inference_steps, noise.device)
     latents = noise
-    timesteps = scheduler.timesteps
     on_host = [int(t) for t in timesteps.cpu()]  # one transfer, not a device sync per step for the guidance branch
     for index, t in enumerate(timesteps):
-        full, text_dropped, all_dropped = velocity(latents, t)
+        full, text_dropped, all_dropped = velocity(latents, t, index)
         guided = guide(full, text_dropped, all_dropped, on_host[index], all_cfg_scale, part_cfg_scale)
         latents = scheduler.step(guided, t, latents, return_dict=False)[0]
         if callback is not None:

@@ -99,9 +99,11 @@ class StepCache:
         return float(change) < self.profile.residual_threshold
 
     def denoise(self, head, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+                sin: torch.Tensor, time_features: torch.Tensor, modulation=None) -> torch.Tensor:
         """`head.denoise_tokens` with reuse; same inputs and output."""
-        img, txt, temb, key_mask = head.embed_tokens(image_tokens, context, valid, time_features)
+        img, txt, key_mask = head.embed_tokens(image_tokens, context, valid)
+        if modulation is None:
+            modulation = head.time_modulation(head.embed_time(time_features))
         rows = list(range(img.shape[0]))
         anchored = [r for r in rows if self.anchors[r] == r or self.rows[r].branch_offset is None]
         computed = anchored if self._caches_branches() else rows
@@ -113,7 +115,9 @@ class StepCache:
         def pick(t: torch.Tensor) -> torch.Tensor:
             return t.index_select(0, index)
 
-        first_img, first_txt = blocks[0](pick(img), pick(txt), pick(temb), pick(key_mask), pick(cos), pick(sin))
+        computed_modulation = modulation.rows(index)
+        first_img, first_txt = blocks[0](pick(img), pick(txt), computed_modulation.blocks[0], pick(key_mask), pick(cos),
+                                         pick(sin))
         residuals = first_img - pick(img)
         reuse = [self._reusable(r, residuals[i], image_valid[r]) for i, r in enumerate(computed)]
 
@@ -123,9 +127,9 @@ class StepCache:
             part = torch.tensor(full, device=img.device)
             rows_index = index.index_select(0, part)
             h_img, h_txt = first_img.index_select(0, part), first_txt.index_select(0, part)
-            sub = [t.index_select(0, rows_index) for t in (temb, key_mask, cos, sin)]
-            for block in blocks[1:]:
-                h_img, h_txt = block(h_img, h_txt, *sub)
+            sub = [t.index_select(0, rows_index) for t in (key_mask, cos, sin)]
+            for block, block_modulation in zip(blocks[1:], modulation.rows(rows_index).blocks[1:]):
+                h_img, h_txt = block(h_img, h_txt, block_modulation, *sub)
             final[part] = h_img
         for i, r in enumerate(computed):
             memory = self.rows[r]
@@ -137,7 +141,7 @@ class StepCache:
                 memory.rest = final[i] - first_img[i]
                 memory.reused = 0
 
-        out_computed = head.project_out(final, pick(temb))
+        out_computed = head.project_out(final, computed_modulation.out)
         out = out_computed.new_empty((len(rows), *out_computed.shape[1:]))
         out[index] = out_computed
         position = {r: i for i, r in enumerate(computed)}
