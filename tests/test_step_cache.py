@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from internvlu.errors import UsageError
+from internvlu.runtime import mmdit
 from internvlu.runtime.step_cache import MIN_STEPS, PROFILES, CacheProfile
 
 STEPS = 12
@@ -73,6 +74,23 @@ def test_with_nothing_reusable_the_cached_path_is_the_exact_velocity(tiny_pipe, 
     never = CacheProfile(residual_threshold=0.0, max_reuse=0, warmup_steps=0, branch_cache_from=1.0, branch_refresh=1)
     monkeypatch.setitem(PROFILES, ("safe", False), never)
     torch.testing.assert_close(draw(tiny_pipe, "safe"), draw(tiny_pipe, "off"), rtol=1e-5, atol=1e-5)
+
+
+def test_samples_that_run_alone_on_the_exact_path_run_alone_with_the_cache(tiny_pipe, test_image, monkeypatch):
+    """An edit's rows differ in length; where the exact path runs them one at a time, so does the cache."""
+    monkeypatch.setattr(mmdit, "PER_SAMPLE_MIN_WORK", 0.0)  # the tiny head is too narrow to choose it by itself
+    never = CacheProfile(residual_threshold=0.0, max_reuse=0, warmup_steps=0, branch_cache_from=1.0, branch_refresh=1)
+    monkeypatch.setitem(PROFILES, ("safe", True), never)
+    rows_per_call = []
+    hooks = [block.register_forward_pre_hook(lambda module, args: rows_per_call.append(args[0].shape[0]))
+             for block in tiny_pipe.generation_decoder.decoder.transformer_blocks]
+    try:
+        cached = draw(tiny_pipe, "safe", image=test_image, prompt="make it red")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert rows_per_call and set(rows_per_call) == {1}
+    torch.testing.assert_close(cached, draw(tiny_pipe, "off", image=test_image, prompt="make it red"), rtol=1e-5, atol=1e-5)
 
 
 def test_at_8_steps_or_fewer_accel_is_off_and_says_so(tiny_pipe, caplog):

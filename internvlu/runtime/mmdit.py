@@ -520,7 +520,7 @@ class InternVLUTransformer2DModel(nn.Module):
         inputs = (image_tokens, prepared.context, prepared.valid, prepared.cos, prepared.sin, time_features)
         modulation = prepared.time_modulations[step] if prepared.time_modulations and step is not None else None
         if cache is not None:
-            out = cache.denoise(self, *inputs, modulation)
+            out = cache.denoise(self, *inputs, modulation, prepared.row_slots if prepared.per_sample else None)
         elif self.step != self.denoise_tokens:  # exported and compiled steps take a padded batch
             out = self.step(*inputs)
         elif prepared.per_sample:

@@ -99,39 +99,66 @@ class StepCache:
         return float(change) < self.profile.residual_threshold
 
     def denoise(self, head, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor, time_features: torch.Tensor, modulation=None) -> torch.Tensor:
-        """`head.denoise_tokens` with reuse; same inputs and output."""
+                sin: torch.Tensor, time_features: torch.Tensor, modulation=None,
+                row_slots: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """`head.denoise_tokens` with reuse; same inputs and output. With `row_slots` (the head runs this batch
+        one sample at a time, `PreparedBatch.per_sample`) each computed row runs alone on its real slots."""
         img, txt, key_mask = head.embed_tokens(image_tokens, context, valid)
         if modulation is None:
             modulation = head.time_modulation(head.embed_time(time_features))
         rows = list(range(img.shape[0]))
         anchored = [r for r in rows if self.anchors[r] == r or self.rows[r].branch_offset is None]
         computed = anchored if self._caches_branches() else rows
-        image_valid = valid[:, : img.shape[1]]
+        n_image = img.shape[1]
+        out = None
+        for group in ([[r] for r in computed] if row_slots is not None else [computed]):
+            index = torch.tensor(group, device=img.device)
+            if row_slots is None:
+                image_slots = None
+                inputs = [t.index_select(0, index) for t in (img, txt, key_mask, cos, sin)]
+                image_valid = valid[:, :n_image].index_select(0, index)
+            else:
+                r, slots = group[0], row_slots[group[0]]
+                image_slots = slots[slots < n_image]
+                inputs = [img[r : r + 1, image_slots], txt[r : r + 1, slots[len(image_slots) :] - n_image],
+                          key_mask[r : r + 1, :, :, slots], cos[r : r + 1, slots], sin[r : r + 1, slots]]
+                image_valid = valid[r : r + 1, image_slots]
+            group_out = self._denoise_rows(head, group, *inputs, modulation.rows(index), image_valid)
+            if out is None:
+                out = group_out.new_zeros((len(rows), n_image, group_out.shape[-1]))
+            if image_slots is None:
+                out[index] = group_out
+            else:
+                out[group[0], image_slots] = group_out[0]
+        computed_rows = set(computed)
+        for r in rows:
+            anchor, memory = self.anchors[r], self.rows[r]
+            if r not in computed_rows:
+                out[r] = out[anchor] + memory.branch_offset
+            elif anchor != r:
+                memory.branch_offset = out[r] - out[anchor]
+        self.step += 1
+        return out
+
+    def _denoise_rows(self, head, rows: list[int], img: torch.Tensor, txt: torch.Tensor, key_mask: torch.Tensor,
+                      cos: torch.Tensor, sin: torch.Tensor, modulation, image_valid: torch.Tensor) -> torch.Tensor:
+        """The head's blocks and output for the batch rows `rows` (the tensors hold those rows alone), reusing the
+        later blocks' residual of each row whose first-block residual barely moved."""
         blocks = head.transformer_blocks
-
-        index = torch.tensor(computed, device=img.device)
-
-        def pick(t: torch.Tensor) -> torch.Tensor:
-            return t.index_select(0, index)
-
-        computed_modulation = modulation.rows(index)
-        first_img, first_txt = blocks[0](pick(img), pick(txt), computed_modulation.blocks[0], pick(key_mask), pick(cos),
-                                         pick(sin))
-        residuals = first_img - pick(img)
-        reuse = [self._reusable(r, residuals[i], image_valid[r]) for i, r in enumerate(computed)]
+        first_img, first_txt = blocks[0](img, txt, modulation.blocks[0], key_mask, cos, sin)
+        residuals = first_img - img
+        reuse = [self._reusable(r, residuals[i], image_valid[i]) for i, r in enumerate(rows)]
 
         final = first_img.clone()
         full = [i for i, reused in enumerate(reuse) if not reused]
         if full:
             part = torch.tensor(full, device=img.device)
-            rows_index = index.index_select(0, part)
             h_img, h_txt = first_img.index_select(0, part), first_txt.index_select(0, part)
-            sub = [t.index_select(0, rows_index) for t in (key_mask, cos, sin)]
-            for block, block_modulation in zip(blocks[1:], modulation.rows(rows_index).blocks[1:]):
+            sub = [t.index_select(0, part) for t in (key_mask, cos, sin)]
+            for block, block_modulation in zip(blocks[1:], modulation.rows(part).blocks[1:]):
                 h_img, h_txt = block(h_img, h_txt, block_modulation, *sub)
             final[part] = h_img
-        for i, r in enumerate(computed):
+        for i, r in enumerate(rows):
             memory = self.rows[r]
             if reuse[i]:
                 final[i] = first_img[i] + memory.rest
@@ -140,16 +167,4 @@ class StepCache:
                 memory.first_residual = residuals[i]
                 memory.rest = final[i] - first_img[i]
                 memory.reused = 0
-
-        out_computed = head.project_out(final, computed_modulation.out)
-        out = out_computed.new_empty((len(rows), *out_computed.shape[1:]))
-        out[index] = out_computed
-        position = {r: i for i, r in enumerate(computed)}
-        for r in rows:
-            anchor, memory = self.anchors[r], self.rows[r]
-            if r not in position:
-                out[r] = out[anchor] + memory.branch_offset
-            elif anchor != r:
-                memory.branch_offset = out[r] - out[anchor]
-        self.step += 1
-        return out
+        return head.project_out(final, modulation.out)
