@@ -85,7 +85,7 @@ def string_value(value: object) -> str:
     return value
 
 
-def _one_of(names: tuple[str, ...]) -> Callable[[object], str]:
+def one_of(names: tuple[str, ...]) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in names:
             raise ValueError(f"must be one of {', '.join(names)}")
@@ -112,8 +112,8 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "aspect": _aspect,
     "cot": _boolean,
     "max_new_tokens": _integer(1, MAX_NEW_TOKENS),
-    "accel": _one_of(ACCEL_LEVELS),
-    "dtype": _one_of(DTYPE_NAMES),
+    "accel": one_of(ACCEL_LEVELS),
+    "dtype": one_of(DTYPE_NAMES),
     "offload": _boolean,
     "vae_tiling": _boolean,
     "compile": _boolean,

@@ -30,17 +30,9 @@ COMMAND_LINE = "the command line"  # the source of the flags' layer
 DEFAULT = "the default"  # the source of a value no layer set
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
-    def check(value: object) -> str:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return value
-    return check
-
-
 # Every key a layer may hold: the preset settings, and the device and backend (config.json, flags, recipes).
-SETTING_KEYS: dict[str, Callable[[object], object]] = {**presets.SETTINGS, "device": _choice(DEVICES),
-                                                       "backend": _choice(HEAD_BACKENDS)}
+SETTING_KEYS: dict[str, Callable[[object], object]] = {**presets.SETTINGS, "device": presets.one_of(DEVICES),
+                                                       "backend": presets.one_of(HEAD_BACKENDS)}
 
 
 @dataclass(frozen=True)
