@@ -132,7 +132,7 @@ def test_samples_with_the_same_slots_attend_together_exactly_as_alone(tiny_pipe)
     prepared = head.prepare(samples, torch.device("cpu"))
     assert max(len(rows) for rows, _ in prepared.slot_groups) >= 2
     together = head(latents, timestep, samples, prepared)
-    prepared.slot_groups = [(torch.tensor([b]), slots) for b, slots in enumerate(prepared.row_slots)]
+    prepared.slot_groups = [(torch.tensor([b]), slots.all) for b, slots in enumerate(prepared.row_slots)]
     assert torch.equal(head(latents, timestep, samples, prepared), together)
 
 

@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -228,6 +229,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 SlotGroups = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+class RowSlots(NamedTuple):
+    """One sample's real slots in a padded batch: all of them, those among the image slots, and its context
+    slots counted from the first context slot (long tensors on the device)."""
+
+    all: torch.Tensor
+    image: torch.Tensor
+    context: torch.Tensor
+
+
 class AttentionVE(nn.Module):
     def __init__(self, dim: int, head_dim: int):
         super().__init__()
@@ -382,7 +392,7 @@ class PreparedBatch:
     valid: torch.Tensor  # [B, target_slots + C + T] bool
     cos: torch.Tensor  # [B, same, head_dim / 2]
     sin: torch.Tensor
-    row_slots: list[torch.Tensor] | None = None  # per sample: indices of its valid slots (long, on the device)
+    row_slots: list[RowSlots] | None = None
     slot_groups: SlotGroups | None = None
     per_sample: bool = False
     time_modulations: list[TimeModulation] | None = None  # per step of the call, when its timesteps were given
@@ -478,11 +488,14 @@ class InternVLUTransformer2DModel(nn.Module):
         # Found here, on the host, so that the steps index without a device sync.
         row_slots = slot_groups = None
         if not valid.all():
-            row_slots = [row.nonzero().squeeze(1).to(device) for row in valid]
+            row_slots = []
             samples_by_slots: dict[bytes, list[int]] = {}
             for b, row in enumerate(valid):
+                slots = row.nonzero().squeeze(1)
+                image = slots[slots < G + C]
+                row_slots.append(RowSlots(*(t.to(device) for t in (slots, image, slots[len(image) :] - (G + C)))))
                 samples_by_slots.setdefault(row.numpy().tobytes(), []).append(b)
-            slot_groups = [(torch.tensor(rows, device=device), row_slots[rows[0]]) for rows in samples_by_slots.values()]
+            slot_groups = [(torch.tensor(rows, device=device), row_slots[rows[0]].all) for rows in samples_by_slots.values()]
         return PreparedBatch(
             target_lengths=target_lengths, target_slots=G,
             condition_tokens=_pad_stack(conditions, C).to(device),
@@ -531,7 +544,7 @@ class InternVLUTransformer2DModel(nn.Module):
 
     def _denoise_each_row(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
                           cos: torch.Tensor, sin: torch.Tensor, time_features: torch.Tensor,
-                          row_slots: list[torch.Tensor], modulation: TimeModulation | None) -> torch.Tensor:
+                          row_slots: list[RowSlots], modulation: TimeModulation | None) -> torch.Tensor:
         """`denoise_tokens` for each sample on its valid slots alone, like the reference's packed sequence.
 
         Samples of one batch can differ a lot in length (an edit's all-dropped branch has no condition tokens:
@@ -540,14 +553,13 @@ class InternVLUTransformer2DModel(nn.Module):
         n_image = image_tokens.shape[1]
         out = None
         for b, slots in enumerate(row_slots):
-            image_slots = slots[slots < n_image]
-            row = self.denoise_tokens(image_tokens[b : b + 1, image_slots], context[b : b + 1, slots[len(image_slots) :] - n_image],
-                                      valid[b : b + 1, slots], cos[b : b + 1, slots], sin[b : b + 1, slots],
+            row = self.denoise_tokens(image_tokens[b : b + 1, slots.image], context[b : b + 1, slots.context],
+                                      valid[b : b + 1, slots.all], cos[b : b + 1, slots.all], sin[b : b + 1, slots.all],
                                       time_features[b : b + 1],
                                       modulation=None if modulation is None else modulation.rows(torch.tensor([b])))
             if out is None:
                 out = row.new_zeros(image_tokens.shape[0], n_image, row.shape[-1])
-            out[b, image_slots] = row[0]
+            out[b, slots.image] = row[0]
         return out
 
     def denoise_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,

@@ -32,8 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # the head imports this module
+    from internvlu.runtime.mmdit import RowSlots
 
 MIN_STEPS = 9  # fewer steps change too much between them to reuse: accel is off
 
@@ -102,7 +106,7 @@ class StepCache:
 
     def denoise(self, head, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, time_features: torch.Tensor, modulation=None,
-                row_slots: list[torch.Tensor] | None = None) -> torch.Tensor:
+                row_slots: list[RowSlots] | None = None) -> torch.Tensor:
         """`head.denoise_tokens` with reuse; same inputs and output. With `row_slots` (the head runs this batch
         one sample at a time, `PreparedBatch.per_sample`) each computed row runs alone on its real slots."""
         img, txt, key_mask = head.embed_tokens(image_tokens, context, valid)
@@ -121,10 +125,10 @@ class StepCache:
                 image_valid = valid[:, :n_image].index_select(0, index)
             else:
                 r, slots = group[0], row_slots[group[0]]
-                image_slots = slots[slots < n_image]
-                inputs = [img[r : r + 1, image_slots], txt[r : r + 1, slots[len(image_slots) :] - n_image],
-                          key_mask[r : r + 1, :, :, slots], cos[r : r + 1, slots], sin[r : r + 1, slots]]
-                image_valid = valid[r : r + 1, image_slots]
+                image_slots = slots.image
+                inputs = [img[r : r + 1, slots.image], txt[r : r + 1, slots.context], key_mask[r : r + 1, :, :, slots.all],
+                          cos[r : r + 1, slots.all], sin[r : r + 1, slots.all]]
+                image_valid = valid[r : r + 1, slots.image]
             group_out = self._denoise_rows(head, group, *inputs, modulation.rows(index), image_valid)
             if out is None:
                 out = group_out.new_zeros((len(rows), n_image, group_out.shape[-1]))
