@@ -349,8 +349,8 @@ class InternVLUPipeline:
         batch = conditioning.head_samples(n)
         timestep_scale = self.generation_decoder.config.mmdit.timestep_scale
         scheduler = build_scheduler(self.scheduler_config)
-        head_timesteps = (scheduled_timesteps(scheduler, steps, self.device) * timestep_scale).to(self.device)
-        prepared = head.prepare(batch, self.device, head_timesteps)
+        timesteps = scheduled_timesteps(scheduler, steps, self.device)
+        prepared = head.prepare(batch, self.device, (timesteps * timestep_scale).to(self.device))
         cache = self._step_cache(accel, steps, conditioning, n)
 
         def velocity(latents: torch.Tensor, t: torch.Tensor, step: int):
@@ -358,7 +358,7 @@ class InternVLUPipeline:
             timestep = (t.expand(x.shape[0]) * timestep_scale).to(self.device)
             return conditioning.branch_velocities(head(x, timestep, batch, prepared, cache, step).float(), n)
 
-        latents = sample(velocity, noise, scheduler, steps, all_cfg_scale, part_cfg_scale, callback)
+        latents = sample(velocity, noise, scheduler, timesteps, all_cfg_scale, part_cfg_scale, callback)
 
         # 6. Decode and post-process like the reference, then LANCZOS-resize to the requested size (P15).
         images = None

@@ -29,7 +29,8 @@ def build_scheduler(config: dict) -> DPMSolverMultistepScheduler:
 
 def scheduled_timesteps(scheduler: DPMSolverMultistepScheduler, num_inference_steps: int,
                         device: torch.device) -> torch.Tensor:
-    """The timesteps `sample` will visit, in order (for a head that prepares per-step work up front)."""
+    """Set `scheduler` to `num_inference_steps` and return its timesteps, in order, for `sample` (and for a head
+    that prepares per-step work up front)."""
     scheduler.set_timesteps(num_inference_steps, device=device)
     return scheduler.timesteps
 
@@ -52,12 +53,12 @@ def sample(
     velocity: VelocityFn,
     noise: torch.Tensor,
     scheduler: DPMSolverMultistepScheduler,
-    num_inference_steps: int,
+    timesteps: torch.Tensor,
     all_cfg_scale: float,
     part_cfg_scale: float,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    timesteps = scheduled_timesteps(scheduler, num_inference_steps, noise.device)
+    """Denoise `noise` over `timesteps`, which `scheduled_timesteps` has just set `scheduler` to."""
     latents = noise
     on_host = [int(t) for t in timesteps.cpu()]  # one transfer, not a device sync per step for the guidance branch
     for index, t in enumerate(timesteps):
