@@ -273,7 +273,7 @@ class AttentionVE(nn.Module):
         per-segment SDPA does: over padded keys with a mask, SDPA's rounding differs (in bfloat16 by an ulp in
         a quarter of the outputs). Samples with the same real slots share one SDPA call, which computes each
         of them exactly as alone. Padded slots then hold zeros."""
-        dtype = self.to_v.weight.dtype
+        dtype = self.norm_q.weight.dtype  # the model's (an FP8 projection's weight is float8)
         n_img = h_img.shape[1]
         img = self._project(h_img, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
         txt = self._project(h_txt, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k)

@@ -23,6 +23,7 @@ a prompt is refused, the chain of thought is capped to fit), bfloat16 pixels wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -38,11 +39,14 @@ from internvlu.errors import CheckpointError, UsageError
 from internvlu.limits import ACCEL_LEVELS, MAX_IMAGES_PER_PROMPT, MAX_SIDE, MAX_STEPS
 from internvlu.runtime import checkpoint, export_manifest, head_backend
 from internvlu.runtime import quantized as quantized_layers
+from internvlu.runtime.attention_backend import AttentionChoice, fastest_attention
 from internvlu.runtime.backbone import InternVLUChatModel, special_token_strings
 from internvlu.runtime.device import torch_dtype as torch_dtype_of
 from internvlu.runtime.conditioning import BRANCHES, Conditioner, Conditioning, full_condition_tiles, splice_thoughts
 from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
+from internvlu.runtime.float8_linear import float8_unavailable_reason, use_float8_linears
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
+from internvlu.runtime.mmdit import PreparedBatch
 from internvlu.runtime.onednn_linear import use_onednn_linears
 from internvlu.runtime.processor import InternVLUProcessor, ProcessorOutput
 from internvlu.runtime.sampler import StepCallback, build_scheduler, sample, scheduled_timesteps
@@ -78,6 +82,8 @@ class InternVLUPipeline:
         self.backend = "torch"
         self.offload = None
         self.compiled = False
+        self.float8 = False
+        self.attention_choices: dict[tuple, AttentionChoice] = {}  # GPU: the kernel measured per head shape
         ids = [self.tokenizer.convert_tokens_to_ids(t) for t in special_token_strings(vlm.special_token_embedding.num_embeddings)]
         if any(i is None or i == self.tokenizer.unk_token_id for i in ids):
             raise CheckpointError("the tokenizer lacks InternVL's special tokens (<img>, <IMG_CONTEXT>, ...)")
@@ -190,6 +196,26 @@ class InternVLUPipeline:
         mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         head.step = torch.compile(head.denoise_tokens, mode=mode, dynamic=False)
         self.compiled = True
+        return self
+
+    def enable_float8_head(self, emulate: bool = False) -> "InternVLUPipeline":
+        """Run the MMDiT blocks' linear layers as FP8 (e4m3) products (`runtime.float8_linear`: approximate,
+        about twice the matmul rate on Ada and Hopper). Refused where the device has no FP8 tensor cores unless
+        `emulate`, which computes the same FP8 values slowly (to measure their effect, not for speed). Call it
+        after moving the pipeline to its device and before `enable_compile`."""
+        head = self.generation_decoder.decoder
+        if self.backend != "torch":
+            raise UsageError(f"fp8 applies to the torch backend; the {self.backend} head has its own precision")
+        if self.float8:
+            return self
+        reason = float8_unavailable_reason(self.device)
+        if reason is not None and not emulate:
+            raise UsageError(reason)
+        if self.compiled:
+            raise UsageError("enable fp8 before compile: the compiled step was traced with the other layers")
+        if use_float8_linears(head.transformer_blocks) == 0:
+            raise UsageError("this head has no linear layer FP8 kernels can take (sides must be multiples of 16)")
+        self.float8 = True
         return self
 
     def enable_vae_tiling(self) -> "InternVLUPipeline":
@@ -352,13 +378,15 @@ class InternVLUPipeline:
         timesteps = scheduled_timesteps(scheduler, steps, self.device)
         prepared = head.prepare(batch, self.device, (timesteps * timestep_scale).to(self.device))
         cache = self._step_cache(accel, steps, conditioning, n)
+        kernel = self._attention_kernel(prepared)
 
         def velocity(latents: torch.Tensor, t: torch.Tensor, step: int):
             x = conditioning.head_latents(latents, n)
             timestep = (t.expand(x.shape[0]) * timestep_scale).to(self.device)
             return conditioning.branch_velocities(head(x, timestep, batch, prepared, cache, step).float(), n)
 
-        latents = sample(velocity, noise, scheduler, timesteps, all_cfg_scale, part_cfg_scale, callback)
+        with kernel:
+            latents = sample(velocity, noise, scheduler, timesteps, all_cfg_scale, part_cfg_scale, callback)
 
         # 6. Decode and post-process like the reference, then LANCZOS-resize to the requested size (P15).
         images = None
@@ -368,6 +396,19 @@ class InternVLUPipeline:
             images = [im if im.size == (width, height) else im.resize((width, height), Image.Resampling.LANCZOS) for im in images]
         texts = self._decode(generate_output) if generate_output is not None else None
         return InternVLUPipelineOutput(generate_output=generate_output, images=images, latents=latents, texts=texts)
+
+    def _attention_kernel(self, prepared: PreparedBatch):
+        """On a GPU, the fastest attention kernel first for this call's longest row (measured once
+        per shape, `runtime.attention_backend`); elsewhere torch's own choice."""
+        if self.device.type != "cuda" or self.backend != "torch":
+            return contextlib.nullcontext()
+        mmdit = self.generation_decoder.config.mmdit
+        shape = (1, mmdit.num_attention_heads, int(prepared.valid.sum(dim=1).max()), mmdit.attention_head_dim)
+        key = (shape, self.generation_decoder.dtype)
+        if key not in self.attention_choices:
+            self.attention_choices[key] = fastest_attention(shape, self.generation_decoder.dtype, self.device)
+            log.info("attention kernel for %s: %s", shape, self.attention_choices[key].record())
+        return self.attention_choices[key].kernels()
 
     def _step_cache(self, accel: str, steps: int, conditioning: Conditioning, n: int) -> StepCache | None:
         """The call's step cache, None on the exact path. Each head row is anchored to its sample's full-condition
