@@ -14,7 +14,7 @@ from internvlu.cli.ui import emit, printable
 from internvlu.images import read_recipe
 
 FIELDS = ("command", "mode", "seed", "steps", "cfg", "part_cfg", "max_new_tokens", "preset", "dtype", "device",
-          "backend", "vae_tiling", "offload", "compile", "internvlu_version")
+          "backend", "vae_tiling", "offload", "compile", "fp8", "internvlu_version")
 
 
 def describe(path: Path, recipe: dict) -> str:

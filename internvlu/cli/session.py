@@ -194,7 +194,8 @@ def seconds_since_process_start() -> float | None:
 
 def fit_to_device(settings: GenerationSettings, device: str) -> tuple[GenerationSettings, list[str]]:
     """On the CPU, the GPU-only parts of a preset or config (not of a flag) are dropped, each with a notice:
-    bfloat16/float16 run slower than float32 there, and torch.compile costs about 30 s for little gain."""
+    bfloat16/float16 run slower than float32 there, torch.compile costs about 30 s for little gain, and FP8
+    products have no hardware there (they would run slower than float32)."""
     if device != "cpu":
         return settings, []
     load, notices = settings.load, []
@@ -207,6 +208,9 @@ def fit_to_device(settings: GenerationSettings, device: str) -> tuple[Generation
         notices.append(f"{settings.source('compile')} asks to compile the head, which costs about 30 s on the CPU for "
                        "little gain: skipped")
         load = replace(load, compile=False)
+    if load.fp8:
+        notices.append(f"{settings.source('fp8')} asks for FP8 products, which need a GPU with FP8 tensor cores: skipped")
+        load = replace(load, fp8=False)
     return replace(settings, load=load), notices
 
 
@@ -263,12 +267,13 @@ class Session:
                 raise
             raise UsageError(f"{exc} (backend {wanted.backend} comes from {origin}; pass --backend to choose "
                              "another, the pixels may differ)") from None
+        float8 = wanted.fp8 and self._float8_head()
         compiled = wanted.compile and self.pipe.backend == "torch"
         if compiled:
             self.pipe.enable_compile()
         elif wanted.compile:
             self.ui.info(f"compile skipped: the {self.pipe.backend} head is compiled already")
-        self.loaded = replace(wanted, backend=self.pipe.backend, compile=compiled)
+        self.loaded = replace(wanted, backend=self.pipe.backend, compile=compiled, fp8=float8)
         if self.loaded.device == "cpu" and self.pipe.parameter_count() > SLOW_ON_CPU_PARAMETERS:
             self.ui.info("note: running on the CPU, which is slow for a model this size (minutes per image); use a "
                          "GPU (--device cuda) for real work")
@@ -276,6 +281,16 @@ class Session:
         self.model_identity = self.model.identity()
         self.load_s = time.perf_counter() - start
         return self
+
+    def _float8_head(self) -> bool:
+        """FP8 products in the head where this GPU and backend allow them; otherwise a notice, and the recipe
+        records the exact products that ran."""
+        try:
+            self.pipe.enable_float8_head()
+        except UsageError as exc:
+            self.ui.info(f"fp8 skipped: {exc}")
+            return False
+        return True
 
     def use_vae_tiling(self, tiled: bool) -> None:
         """Decode the next images in tiles or whole (the one load setting that can change between images)."""

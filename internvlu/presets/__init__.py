@@ -117,6 +117,7 @@ SETTINGS: dict[str, Callable[[object], object]] = {
     "offload": _boolean,
     "vae_tiling": _boolean,
     "compile": _boolean,
+    "fp8": _boolean,
 }
 PRESET_KEYS = {"description": string_value, **SETTINGS}
 

@@ -68,6 +68,7 @@ class LoadSettings:
     offload: bool = False  # components take turns on the GPU
     vae_tiling: bool = False  # the one setting a loaded pipeline can switch between images
     compile: bool = False  # torch.compile'd head (torch backend only)
+    fp8: bool = False  # FP8 products in the head's blocks (runtime.float8_linear; GPUs with FP8 tensor cores)
 
     def on_this_machine(self) -> "LoadSettings":
         """Device and dtype picked here: `auto` resolved, a named device that is absent refused."""
@@ -79,7 +80,8 @@ class LoadSettings:
 
 LOAD_KEYS = tuple(f.name for f in fields(LoadSettings))
 # Load settings that cannot change on a loaded model, and the flag that sets each for a whole run.
-FIXED_AT_LOAD = {"device": "--device", "dtype": "--dtype", "backend": "--backend", "offload": None, "compile": None}
+FIXED_AT_LOAD = {"device": "--device", "dtype": "--dtype", "backend": "--backend", "offload": None, "compile": None,
+                 "fp8": None}
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ class GenerationSettings:
 
     def to_recipe(self) -> dict:
         """The settings part of a PNG recipe: the keys older recipes have (which `info` and replays read), plus
-        offload, compile and accel (an older recipe without it was drawn exactly: off)."""
+        offload, compile, fp8 and accel (an older recipe without it was drawn exactly: off)."""
         image = self.image
         if not image.is_concrete:
             raise ValueError("only concrete settings are recorded; fill in the defaults with ImageSettings.concrete")
