@@ -1,30 +1,63 @@
 #!/usr/bin/env bash
-# One prepared run on a borrowed CUDA machine: time the `full` synthetic checkpoint at 1024x1024 with our
-# runtime (and, with RUN_EXPORT_BENCH=1, every backend and backbone precision). Results land in $OUT.
-# Training nano on the device is benchmarks/train_on_device.sh. (#16 extends this script: the official
-# pipeline side by side and the GPU levers.)
+# The GPU path against the official pipeline on the same GPU (#16), in one or two prepared device calls.
+# Training nano on the device is benchmarks/train_on_device.sh.
 #
-#   OUT=/tmp/out bash benchmarks/device_bench.sh
-#
-# Wheels for the pinned transformers/diffusers/tokenizers/huggingface_hub may sit in .whl/ (the device
-# image has other versions); they are installed into /tmp/site first.
+# Here first:  bash benchmarks/device_packages.sh /work/official      # -> .device/ (carry it)
+# On the device (carry [".device"]):
+#   OUT=$OUT PART=exact  bash benchmarks/device_bench.sh    # ~7 min: checkpoint, official vs ours exact and compiled
+#   OUT=$OUT PART=levers bash benchmarks/device_bench.sh    # ~5 min: accel, FP8, NF4, lowvram (t2i)
+#   OUT=$OUT PART=all    bash benchmarks/device_bench.sh    # both, when one call has the time
+#   OUT=/tmp/out DEVICE=cpu CHECKPOINT=small SIZE=128 STEPS=10 COT_TOKENS=8 TEXT_TOKENS=8 THREADS=2 \
+#     OFFICIAL_PYTHON=~/official-venv/bin/python bash benchmarks/device_bench.sh    # a dry run here (FP8 emulated)
+# A second call on a machine still warm reuses the checkpoint in /tmp. Each part has its own time limit, and
+# every finished configuration's JSON line is in $OUT before the next one starts:
+#   vs_official_exact.jsonl   t2i 1024x1024 20 steps, edit 1024x1024 (1024x1024 input) 20 steps, CoT t2i with
+#                             200 thought tokens, a 64-token answer: the official, ours bf16, ours compiled
+#   vs_official_levers.jsonl  t2i: accel safe/fast, FP8, FP8+compiled(+safe), NF4 backbone, offload+tiling
+#   device.log                versions, the GPU, each step's output
+# The official runs as it does without flash-attn (none is built for this torch): naive ViT attention, eager
+# LM, SDPA MMDiT; on transformers 4.52.4 / diffusers 0.35.2 (its pins are 4.52.3 / 0.35.1).
 set -uo pipefail
 : "${OUT:?set OUT to a folder for the results}"
+PART=${PART:-all}
 DEVICE=${DEVICE:-cuda}
+CHECKPOINT=${CHECKPOINT:-full}
+OFFICIAL_PYTHON=${OFFICIAL_PYTHON:-python3}
+DTYPE=${DTYPE:-bfloat16}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device.log") 2>&1
 . "$(dirname "$0")/device_setup.sh"
+[ -d /tmp/official/internvlu ] || { echo "no official code: run benchmarks/device_packages.sh here and carry .device"; exit 1; }
 WORK=/tmp/internvlu-device
-rm -rf "$WORK" && mkdir -p "$WORK"
+FULL=$WORK/$CHECKPOINT
+mkdir -p "$WORK"
+STEPS=${STEPS:-20}
+BENCH=(python3 benchmarks/bench_vs_official.py --official /tmp/official --official-python "$OFFICIAL_PYTHON"
+       --model "$FULL" --device "$DEVICE" --dtype "$DTYPE" --size "${SIZE:-1024}" --steps "$STEPS" --edit-steps "$STEPS"
+       --cot-tokens "${COT_TOKENS:-200}" --text-tokens "${TEXT_TOKENS:-64}" --threads "${THREADS:-16}" --one-process
+       --warmup 1 --calls 1 --reps 1)
 
-# 1. The `full` synthetic checkpoint (real dimensions, random weights) at 1024x1024 in bfloat16.
-timeout 150 bash -c "python3 -m internvlu.synthetic '$WORK/full' --size full --seed 0 --dtype bfloat16 \
-  && python3 benchmarks/bench_generate.py --model '$WORK/full' --device $DEVICE --resolution 1024 --steps 4" \
-  >"$OUT/bench_full.log" 2>&1
-tail -3 "$OUT/bench_full.log"
-
-# 2. (RUN_EXPORT_BENCH=1) every backend x backbone precision on the same `full` checkpoint at 1024x1024: the
-#    int8/int4 rows need bitsandbytes carried as a wheel (.whl/), the ONNX rows run on ONNX Runtime's CPU
-#    provider unless onnxruntime-gpu is carried; the export of the 1.8 B-parameter head alone takes minutes.
-if [ "${RUN_EXPORT_BENCH:-0}" = 1 ]; then
-  timeout 420 python3 benchmarks/bench_export.py --model "$WORK/full" --device cuda --resolution 1024 --prompts 0 \
-    | tee "$OUT/bench_export_full.jsonl"
+# The `full` synthetic checkpoint (real dimensions, random weights) in bfloat16, loaded once by ours so that
+# its finite-value check is cached before anything is timed.
+if [ ! -f "$FULL/model_index.json" ]; then
+  rm -rf "$FULL"
+  timeout 240 python3 -m internvlu.synthetic "$FULL" --size "$CHECKPOINT" --seed 0 --dtype "$DTYPE" || exit 1
+  timeout 120 python3 -c "from internvlu import InternVLUPipeline; InternVLUPipeline.from_pretrained('$FULL')" || exit 1
 fi
+echo "checkpoint ready after ${SECONDS} s"
+
+if [ "$PART" = exact ] || [ "$PART" = all ]; then
+  timeout 400 "${BENCH[@]}" --tasks t2i,edit,cot,text --ours off,compile | tee "$OUT/vs_official_exact.jsonl"
+  echo "exact part done after ${SECONDS} s"
+fi
+
+if [ "$PART" = levers ] || [ "$PART" = all ]; then
+  NF4=$WORK/$CHECKPOINT-nf4
+  [ -f "$NF4/model_index.json" ] || timeout 150 python3 -m internvlu export "$FULL" --backbone int4 --out "$NF4" -q >/dev/null
+  configs=safe,fast,fp8,fp8+safe,fp8+compile,fp8+compile+safe,offload+tiling
+  [ -f "$NF4/model_index.json" ] && configs=$configs,nf4 || echo "no NF4 export: the nf4 row is left out"
+  timeout 330 "${BENCH[@]}" --tasks t2i --ours "$configs" --nf4-model "$NF4" | tee "$OUT/vs_official_levers.jsonl"
+  echo "levers part done after ${SECONDS} s"
+fi
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=memory.used,temperature.gpu --format=csv,noheader
+echo "done after ${SECONDS} s"

@@ -10,8 +10,8 @@
 #   OUT=/tmp/out bash benchmarks/train_on_device.sh                       # on the GPU: ~8 min in all
 #   OUT=/tmp/out DEVICE=cpu MINUTES=1.5 EVAL_PROMPTS=4 bash benchmarks/train_on_device.sh   # a dry run here
 #
-# Wheels in .whl/ (pinned transformers/diffusers/tokenizers/huggingface_hub, when the device image has other
-# versions) are installed into /tmp/site first.
+# The packages the device image lacks come from .device/ (`bash benchmarks/device_packages.sh OFFICIAL` here
+# first, then carry [".device"]): benchmarks/device_setup.sh unpacks them.
 set -uo pipefail
 : "${OUT:?set OUT to a folder for the results}"
 DEVICE=${DEVICE:-cuda}

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 IMAGE_MODE_DEFAULTS = {"all_cfg_scale": 4.5, "part_cfg_scale": 2.0, "num_inference_steps": 20}
 COT_MODE_DEFAULTS = {"all_cfg_scale": 3.5, "part_cfg_scale": 1.5, "num_inference_steps": 20, "max_new_tokens": 200}
 CPU_LINEAR_KERNELS = ("onednn", "blas")  # float32 linear layers on a CPU: runtime.onednn_linear, or torch's BLAS
+ATTENTION_TOKEN_BUCKET = 128
 
 
 @dataclass
@@ -398,12 +399,14 @@ class InternVLUPipeline:
         return InternVLUPipelineOutput(generate_output=generate_output, images=images, latents=latents, texts=texts)
 
     def _attention_kernel(self, prepared: PreparedBatch):
-        """On a GPU, the fastest attention kernel first for this call's longest row (measured once
-        per shape, `runtime.attention_backend`); elsewhere torch's own choice."""
+        """On a GPU, the fastest attention kernel first for this call's longest row (measured once per shape,
+        its tokens rounded up to ATTENTION_TOKEN_BUCKET: prompts of similar length share the measurement;
+        `runtime.attention_backend`); elsewhere torch's own choice."""
         if self.device.type != "cuda" or self.backend != "torch":
             return contextlib.nullcontext()
         mmdit = self.generation_decoder.config.mmdit
-        shape = (1, mmdit.num_attention_heads, int(prepared.valid.sum(dim=1).max()), mmdit.attention_head_dim)
+        tokens = -(-int(prepared.valid.sum(dim=1).max()) // ATTENTION_TOKEN_BUCKET) * ATTENTION_TOKEN_BUCKET
+        shape = (1, mmdit.num_attention_heads, tokens, mmdit.attention_head_dim)
         key = (shape, self.generation_decoder.dtype)
         if key not in self.attention_choices:
             self.attention_choices[key] = fastest_attention(shape, self.generation_decoder.dtype, self.device)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run here, where PyPI is reachable, before a device call: packs what the device image lacks into .device/
+# (ignored by git; name it in the call's `carry`), small enough to travel beside the repository (64 MiB a call):
+#   .device/site.tar.xz      transformers, diffusers, tokenizers and huggingface_hub at the versions installed
+#                            here (the ones the tests ran with; the image has transformers 5 and no diffusers),
+#                            and bitsandbytes with only the library of the image's CUDA (CUDA_TAG, default 130:
+#                            its torch is 2.11.0+cu130)
+#   .device/official.tar.xz  the official InternVL-U code (its Python files), for the side-by-side benchmark
+#
+#   bash benchmarks/device_packages.sh /work/official      # then: carry [".device"]
+#
+# xz, not the wheels: the wheels alone (18 MB without bitsandbytes' 43 MB) do not fit beside the repository.
+set -euo pipefail
+OFFICIAL=${1:?usage: bash benchmarks/device_packages.sh OFFICIAL_CHECKOUT}
+CUDA_TAG=${CUDA_TAG:-130}
+cd "$(dirname "$0")/.."
+PACKAGES="transformers diffusers tokenizers huggingface_hub bitsandbytes"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+for package in $PACKAGES; do
+  version=$(python3 -c "import importlib.metadata as m; print(m.version('$package'))")
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$scratch/wheels" "$package==$version"
+done
+mkdir -p "$scratch/site" .device
+for wheel in "$scratch"/wheels/*.whl; do python3 -m zipfile -e "$wheel" "$scratch/site"; done
+# bitsandbytes loads the library of torch's CUDA version; the other CUDA, ROCm and XPU builds are 190 MB.
+find "$scratch/site/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name '*_cpu.so' ! -name "*_cuda$CUDA_TAG.so" -delete
+tar -C "$scratch/site" -cf - . | xz -9 -T0 > .device/site.tar.xz
+tar -C "$OFFICIAL" --exclude='.git' --exclude='assets' -cf - . | xz -9 > .device/official.tar.xz
+ls -la .device

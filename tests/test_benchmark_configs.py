@@ -1,0 +1,50 @@
+"""The side-by-side benchmark's configurations (benchmarks/): parsed, ordered into processes the driver can
+run, and the device script's lists accepted, so a device call does not fail on them."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from bench_vs_official import process_groups  # noqa: E402
+from pipeline_driver import check_order, parse_config  # noqa: E402
+
+
+def test_a_configuration_is_an_accel_level_and_levers():
+    assert parse_config("off") == ("off", frozenset())
+    assert parse_config("fp8+compile+safe") == ("safe", frozenset({"fp8", "compile"}))
+    assert parse_config("nf4") == ("off", frozenset({"nf4"}))
+    for bad in ("turbo", "safe+fast", "fp8+sparse"):
+        with pytest.raises(ValueError, match="configuration"):
+            parse_config(bad)
+
+
+def test_one_process_runs_levers_in_an_order_it_can_switch():
+    check_order(["off", "safe", "fp8", "fp8+safe", "fp8+compile", "fp8+compile+safe"])
+    with pytest.raises(ValueError, match="stay on"):
+        check_order(["fp8", "off"])
+    with pytest.raises(ValueError, match="before compile"):
+        check_order(["compile", "fp8+compile"])
+    with pytest.raises(ValueError, match="one set of"):
+        check_order(["off", "offload"])
+
+
+def test_configurations_are_grouped_into_processes_the_driver_accepts():
+    groups = process_groups(["fp8+compile+safe", "compile", "off", "nf4", "fp8", "offload+tiling", "safe"])
+    assert groups == [["off", "safe", "fp8", "fp8+compile+safe"], ["compile"], ["nf4"], ["offload+tiling"]]
+    for group in groups:
+        check_order(group)
+
+
+def test_the_device_scripts_lists_are_valid():
+    script = (BENCHMARKS / "device_bench.sh").read_text()
+    lists = [found for found in re.findall(r"--ours (\S+)", script) if not found.startswith('"$')]
+    lists += [found.replace("$configs,", "") for found in re.findall(r"\bconfigs=(\S+)", script)]
+    assert len(lists) >= 3
+    for configs in lists:
+        for group in process_groups(configs.split(",")):
+            check_order(group)
