@@ -6,7 +6,7 @@ the commands cannot drift apart. `SCHEMA` is raised when a key is renamed or rem
 change a reader has to handle).
 
     {"schema": 1, "command": "gen", "path": "/abs/fox.png", "prompt": ..., "seed": 42, "cot": null,
-     "settings": {"mode": "image", "steps": 50, ..., "compile": false}, "model": {...}, "inputs": [...],
+     "settings": {"mode": "image", "steps": 50, ..., "compile": false, "fp8": false}, "model": {...}, "inputs": [...],
      "internvlu_version": "0.1.0", "timings": {...}}
 
 An answer: `{"schema": 1, "command": "ask", "question": ..., "answer": ..., "inputs": [...], "settings": {...},
