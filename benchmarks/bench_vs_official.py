@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline_driver import (ACCELS, LEVERS, LOAD_LEVERS, TASKS, WORKLOAD, add_workload_arguments, check_order,
+from pipeline_driver import (ACCELS, LEVERS, LOAD_LEVERS, QUANTIZED_BACKBONES, TASKS, WORKLOAD, add_workload_arguments, check_order,
                              parse_config, workload_options)
 
 DRIVER = Path(__file__).with_name("pipeline_driver.py")
@@ -70,7 +70,8 @@ def run_driver(args, configs: list[str] | None, tasks: list[str], image_path: st
     """One driver process: the official (`configs` None) or ours running `configs` in turn; a result per
     configuration and task."""
     is_official = configs is None
-    model = args.nf4_model if not is_official and "nf4" in parse_config(configs[0])[1] else args.model
+    backbones = [] if is_official else sorted(parse_config(configs[0])[1] & set(QUANTIZED_BACKBONES))
+    model = getattr(args, f"{backbones[0]}_model") if backbones else args.model
     command = [args.official_python if is_official else sys.executable, str(DRIVER), "--model", str(model),
                "--task", ",".join(tasks), "--save", image_path, "--device", args.device, "--warmup", str(args.warmup),
                "--calls", str(args.calls), *workload_options(args)]
@@ -108,11 +109,15 @@ def main() -> None:
     parser.add_argument("--ours", default="off",
                         help="comma-separated configurations of ours, each an accel level and/or levers joined by + "
                              f"({', '.join(ACCELS)}; {', '.join(LEVERS)}), e.g. off,safe,compile,fp8+compile+safe")
-    parser.add_argument("--nf4-model", type=Path, help="the model exported with --backbone int4, for configurations with nf4")
+    for lever, backbone in QUANTIZED_BACKBONES.items():
+        parser.add_argument(f"--{lever}-model", type=Path,
+                            help=f"the model exported with --backbone {backbone}, for configurations with {lever}")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--warmup", type=int, default=0, help="untimed calls per task first (on a GPU: 1)")
     parser.add_argument("--calls", type=int, default=0, help="timed calls per task after the staged one (0: that one)")
+    parser.add_argument("--raw", type=Path,
+                        help="append each driver result here as it comes (what ran survives a time limit)")
     parser.add_argument("--one-process", action="store_true",
                         help="all tasks of a side in one process (a GPU's long load paid once); load and RSS are then shared")
     add_workload_arguments(parser)
@@ -125,8 +130,10 @@ def main() -> None:
         processes = [None, *process_groups(configs)]  # None: the official
     except ValueError as exc:
         parser.error(str(exc))
-    if any("nf4" in parse_config(c)[1] for c in configs) and args.nf4_model is None:
-        parser.error("configurations with nf4 need --nf4-model (a folder from `internvlu export MODEL --backbone int4`)")
+    for lever, backbone in QUANTIZED_BACKBONES.items():
+        if any(lever in parse_config(c)[1] for c in configs) and getattr(args, f"{lever}_model") is None:
+            parser.error(f"configurations with {lever} need --{lever}-model (a folder from `internvlu export MODEL "
+                         f"--backbone {backbone}`)")
     task_groups = [tasks] if args.one_process else [[task] for task in tasks]
     runs: dict[tuple[str, str], list[dict]] = {(task, side): [] for task in tasks for side in ["official", *configs]}
     differences: dict[tuple[str, str], int] = {}
@@ -137,6 +144,9 @@ def main() -> None:
                     image_path = str(Path(scratch) / "TASK-CONFIG.png")
                     for result in run_driver(args, process, task_group, image_path):
                         runs[(result["task"], result["config"])].append(result)
+                        if args.raw:
+                            with open(args.raw, "a") as raw:
+                                raw.write(json.dumps({"rep": rep, **result}, separators=(",", ":")) + "\n")
             if rep == 0:
                 for task, config in ((t, c) for t in tasks if t != "text" for c in configs):
                     images = [Path(scratch) / f"{task}-{side}.png" for side in ("official", config)]

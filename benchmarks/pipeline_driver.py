@@ -156,7 +156,8 @@ def call_arguments(task: str, size: int, steps: int, edit_steps: int, cot_tokens
 
 ACCELS = ("off", "safe", "fast")
 # Ours only. Load levers hold for a whole process; fp8 and compile are switched on in order and stay on.
-LOAD_LEVERS = ("offload", "tiling", "nf4")  # nf4: the bench passes a model exported with --backbone int4
+QUANTIZED_BACKBONES = {"nf4": "int4", "int8": "int8"}  # lever -> `internvlu export --backbone`: the bench passes that folder
+LOAD_LEVERS = ("offload", "tiling", *QUANTIZED_BACKBONES)
 SWITCHED_LEVERS = ("fp8", "compile")
 LEVERS = (*SWITCHED_LEVERS, *LOAD_LEVERS)
 

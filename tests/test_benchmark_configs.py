@@ -42,9 +42,10 @@ def test_configurations_are_grouped_into_processes_the_driver_accepts():
 
 def test_the_device_scripts_lists_are_valid():
     script = (BENCHMARKS / "device_bench.sh").read_text()
-    lists = [found for found in re.findall(r"--ours (\S+)", script) if not found.startswith('"$')]
-    lists += [found.replace("$configs,", "") for found in re.findall(r"\bconfigs=(\S+)", script)]
-    assert len(lists) >= 3
+    lists = [found for found in re.findall(r"(?:--ours |\bconfigs=)(\S+)", script) if "$" not in found]
+    assert len(lists) >= 2
+    backbones = re.search(r"for pair in ([^;]+); do", script).group(1).split()
+    lists.append(",".join(pair.split(":")[0] for pair in backbones))  # the exported backbones' levers
     for configs in lists:
         for group in process_groups(configs.split(",")):
             check_order(group)
