@@ -30,3 +30,8 @@ find "$scratch/site/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name '*_cpu.so
 tar -C "$scratch/site" -cf - . | xz -9 -T0 > .device/site.tar.xz
 tar -C "$OFFICIAL" --exclude='.git' --exclude='assets' -cf - . | xz -9 > .device/official.tar.xz
 ls -la .device
+# What a call carrying .device sends: the tracked and untracked-not-ignored files, and .device (limit 64 MiB).
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+travel=$((tree + $(du -sb .device | cut -f1)))
+echo "a call carrying .device sends $((travel / 1048576)) MiB of at most 64"
+[ "$travel" -le $((64 * 1048576)) ] || { echo "too large for a device call: shrink the repository or .device"; exit 1; }
