@@ -37,6 +37,18 @@ class WeightAverage:
         for name, parameter in self.parameters.items():
             parameter.copy_(self.averages[name])
 
+    @torch.no_grad()
+    def restore(self, values: dict[str, torch.Tensor]) -> None:
+        """Put `values` (e.g. the weights kept before `copy_to_model`) back into the parameters."""
+        for name, parameter in self.parameters.items():
+            parameter.copy_(values[name])
+
+    @torch.no_grad()
+    def restart_from_parameters(self) -> None:
+        """Make the current weights the average (when they are better than it, as the VAE gate may find)."""
+        for name, parameter in self.parameters.items():
+            self.averages[name].copy_(parameter.detach())
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """For the run's checkpoint, under `name::average`."""
         return {f"{name}::average": average.cpu().contiguous() for name, average in self.averages.items()}

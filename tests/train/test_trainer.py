@@ -3,6 +3,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from internvlu.train.__main__ import main as train_main
 from internvlu.train.ema import WeightAverage
 from internvlu.train.trainer import PROBE_STEPS, Run, Stage, WeakVAE, _seeded, scaled_batches
 from tests.cli.helpers import run_cli
+
+NANO = Path(nano.__file__).parents[1] / "models" / "nano"
 
 SHORT = (
     Stage("vae", 2, 1e-3, ("vae",), {"vae": 2}),
@@ -137,6 +140,51 @@ def test_the_vae_gate_is_recorded_and_stops_the_head_on_a_weak_vae(short_run, tm
     assert _run(strict).train(SHORT[:3])  # the same run, told to go on anyway
 
 
+@pytest.mark.parametrize("broken", ["average", "last"])
+def test_the_vae_gate_ships_the_better_of_the_averaged_and_the_last_weights(short_run, broken):
+    folder, _, _ = short_run
+    run = Run(folder, seed=0, log=lambda _: None, gate_prompts=6, allow_weak_vae=True)
+    pipe = InternVLUPipeline.from_pretrained(NANO)  # a trained VAE: it reconstructs some prompts
+    parameters = dict(pipe.vae.model.named_parameters())
+    average = WeightAverage(parameters, stage_steps=10)  # starts equal to the weights
+    good = {name: p.detach().clone() for name, p in parameters.items()}
+    with torch.no_grad():  # one of the two candidates loses its decoder's output layer: flat grey images
+        target = average.averages if broken == "average" else parameters
+        for name in target:
+            if name.startswith("decoder.conv_out."):
+                target[name].zero_()
+    kept_progress = dict(run.progress)
+    try:
+        run._vae_gate(pipe, average, step=7)
+        gate = run.progress["vae_gate"]
+    finally:
+        run.progress = kept_progress
+        run._write_progress()
+    chosen = "last" if broken == "average" else "average"
+    assert gate["weights"] == chosen and set(gate["scored"]) == {"average", "last"}
+    assert sum(gate["scored"][chosen].values()) > sum(gate["scored"][broken].values()) == 0
+    last = {name: torch.zeros_like(v) if broken == "last" and name.startswith("decoder.conv_out.") else v
+            for name, v in good.items()}
+    assert all(torch.equal(p, last[name]) for name, p in parameters.items())  # the gate leaves the last weights in place
+    average.copy_to_model()  # what the stage installs at its end: the good weights, either way
+    assert all(torch.equal(p, good[name]) for name, p in parameters.items())
+
+
+def test_the_vae_gate_prefers_the_average_on_a_tie(short_run):
+    folder, _, _ = short_run
+    run = _run(folder)
+    pipe = InternVLUPipeline.from_pretrained(folder / "model")
+    average = WeightAverage(dict(pipe.vae.model.named_parameters()), stage_steps=10)
+    kept_progress = dict(run.progress)
+    try:
+        run._vae_gate(pipe, average, step=7)
+        gate = run.progress["vae_gate"]
+    finally:
+        run.progress = kept_progress
+        run._write_progress()
+    assert gate["scored"]["average"] == gate["scored"]["last"] and gate["weights"] == "average"
+
+
 def test_a_minutes_budget_plans_every_stage_from_its_probe_and_keeps_the_plan(tmp_path):
     stages = (SHORT[0], SHORT[2])
     folder = tmp_path / "timed"
@@ -173,6 +221,11 @@ def test_the_weight_average_warms_up_then_holds_a_tenth_of_the_stage_as_half_lif
     assert float(average.averages["w"][0]) < float(weight[0]) - 2  # it lags the last weights
     average.copy_to_model()
     assert torch.allclose(weight.detach(), expected)
+    with torch.no_grad():
+        weight.fill_(7.0)
+    average.restart_from_parameters()
+    average.restore({"w": torch.zeros(3)})
+    assert torch.equal(average.averages["w"], torch.full((3,), 7.0)) and torch.equal(weight.detach(), torch.zeros(3))
 
 
 def test_training_targets_are_the_processors_tensors_of_the_same_renders(short_run):
