@@ -189,10 +189,11 @@ def load(args, InternVLUPipeline, levers: frozenset[str]):
 
     dtype = getattr(torch, args.dtype)
     options = {} if args.cpu_linear is None else {"cpu_linear": args.cpu_linear}
-    if "offload" in levers:
-        pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=dtype, device=args.device, offload=True, **options)
-    else:
-        pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=dtype, **options).to(args.device)
+    if args.official:
+        pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
+    else:  # ours picks its attention for the device it loads onto (sdpa for the language model on a GPU)
+        pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=dtype, device=args.device,
+                                                 offload="offload" in levers, **options)
     if "tiling" in levers:
         pipe.enable_vae_tiling()
     if args.official:

@@ -42,7 +42,7 @@ def test_mixed_jobs_and_a_bad_job_in_the_middle(cli, model_dir, photo, tmp_path)
         {"mode": "ask", "prompt": "what is it?", "image": str(photo), "out": "answer.txt"},
         {"mode": "ask", "prompt": "and now?", "image": str(photo), "out": "answer.json"},
         {"prompt": "same file", "out": "fox.png"},
-        {"prompt": "unknown preset", "preset": "turbo"},
+        {"prompt": "unknown preset", "preset": "warp-speed"},
     )
     result = cli("batch", jobs, "--model", model_dir, *FAST, "--out-dir", "out", "--json")
     assert result.code == 1, result
@@ -51,7 +51,7 @@ def test_mixed_jobs_and_a_bad_job_in_the_middle(cli, model_dir, photo, tmp_path)
     assert [r["line"] for r in rows] == list(range(1, 10))
     errors = {r["job"]: r["error"] for r in rows if r["status"] == "failed"}
     assert "missing.png not found" in errors[2] and "not valid JSON" in errors[4] and "unknown key 'stepz'" in errors[5]
-    assert "as job 1 does" in errors[8] and "unknown preset 'turbo'" in errors[9]
+    assert "as job 1 does" in errors[8] and "unknown preset 'warp-speed'" in errors[9]
     assert os.path.isfile("out/fox.png") and read_recipe("out/fox.png")["seed"] == 1
     edit = read_recipe("out/0003-bluer.png")
     assert edit["command"] == "edit" and edit["steps"] == 3 and edit["width"] == 64  # the batch's --size applies

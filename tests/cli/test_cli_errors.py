@@ -87,9 +87,9 @@ def test_transparent_and_16_bit_images_are_accepted(cli, model_dir, tmp_path):
 
 
 def test_unknown_preset(cli, model_dir):
-    result = gen(cli, model_dir, "--preset", "turbo")
+    result = gen(cli, model_dir, "--preset", "warp-speed")
     assert result.code == 2
-    one_line_error(result, "unknown preset 'turbo'", "fast")
+    one_line_error(result, "unknown preset 'warp-speed'", "fast")
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -39,9 +39,9 @@ def test_presets_list_and_show(cli):
 
 
 def test_unknown_preset_name(cli):
-    result = cli("presets", "show", "turbo")
+    result = cli("presets", "show", "warp-speed")
     assert result.code == 2
-    one_line_error(result, "unknown preset 'turbo'", "balanced")
+    one_line_error(result, "unknown preset 'warp-speed'", "balanced")
 
 
 def test_user_presets_are_validated(cli, model_dir, user_dirs):
