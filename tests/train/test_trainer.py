@@ -140,6 +140,17 @@ def test_the_vae_gate_is_recorded_and_stops_the_head_on_a_weak_vae(short_run, tm
     assert _run(strict).train(SHORT[:3])  # the same run, told to go on anyway
 
 
+def _gate_verdict(run: Run, pipe: InternVLUPipeline, average: WeightAverage) -> dict:
+    """The gate's record for `pipe`'s VAE; the shared run's progress is left as it was."""
+    kept_progress = dict(run.progress)
+    try:
+        run._vae_gate(pipe, average, step=7)
+        return run.progress["vae_gate"]
+    finally:
+        run.progress = kept_progress
+        run._write_progress()
+
+
 @pytest.mark.parametrize("broken", ["average", "last"])
 def test_the_vae_gate_ships_the_better_of_the_averaged_and_the_last_weights(short_run, broken):
     folder, _, _ = short_run
@@ -153,13 +164,7 @@ def test_the_vae_gate_ships_the_better_of_the_averaged_and_the_last_weights(shor
         for name in target:
             if name.startswith("decoder.conv_out."):
                 target[name].zero_()
-    kept_progress = dict(run.progress)
-    try:
-        run._vae_gate(pipe, average, step=7)
-        gate = run.progress["vae_gate"]
-    finally:
-        run.progress = kept_progress
-        run._write_progress()
+    gate = _gate_verdict(run, pipe, average)
     chosen = "last" if broken == "average" else "average"
     assert gate["weights"] == chosen and set(gate["scored"]) == {"average", "last"}
     assert sum(gate["scored"][chosen].values()) > sum(gate["scored"][broken].values()) == 0
@@ -175,13 +180,7 @@ def test_the_vae_gate_prefers_the_average_on_a_tie(short_run):
     run = _run(folder)
     pipe = InternVLUPipeline.from_pretrained(folder / "model")
     average = WeightAverage(dict(pipe.vae.model.named_parameters()), stage_steps=10)
-    kept_progress = dict(run.progress)
-    try:
-        run._vae_gate(pipe, average, step=7)
-        gate = run.progress["vae_gate"]
-    finally:
-        run.progress = kept_progress
-        run._write_progress()
+    gate = _gate_verdict(run, pipe, average)
     assert gate["scored"]["average"] == gate["scored"]["last"] and gate["weights"] == "average"
 
 
