@@ -15,7 +15,7 @@ the stage ends as soon as they do. With `--minutes`, every stage's step count is
 `PROBE_STEPS` steps so that the stages share the budget by `Stage.share` (the plan is recorded, so a
 resumed run keeps it). Each stage keeps an exponential moving average of what it trains (`ema`); the
 averages are what the next stage starts from and what is shipped, except that the VAE gate scores both the
-average and the last weights and keeps the better (an average lags a VAE that still improves fast). On CUDA
+average and the last weights and keeps the better (an average can lag a VAE that still improves fast). On CUDA
 the step runs under bfloat16 autocast with the fused AdamW.
 
 The run folder holds the model in the official layout (`model/`), the optimizer state
