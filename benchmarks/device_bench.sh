@@ -17,7 +17,7 @@
 #                             backbones (bitsandbytes), offload+tiling (lowvram)
 #   *_raw.jsonl               each process's results as they came (what ran, should a part hit its limit)
 #   device.log                versions, the GPU, each step's output
-# The official runs as it does without flash-attn (none is built for this torch): naive ViT attention, eager
+# The official runs as it does without flash-attn (PyPI has its source only): naive ViT attention, eager
 # LM, SDPA MMDiT; on transformers 4.52.4 / diffusers 0.35.2 (its pins are 4.52.3 / 0.35.1).
 set -uo pipefail
 : "${OUT:?set OUT to a folder for the results}"
