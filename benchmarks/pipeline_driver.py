@@ -191,14 +191,14 @@ def load(args, InternVLUPipeline, levers: frozenset[str]):
     options = {} if args.cpu_linear is None else {"cpu_linear": args.cpu_linear}
     if args.official:
         pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
-    else:  # ours picks its attention for the device it loads onto (sdpa for the language model on a GPU)
-        pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=dtype, device=args.device,
-                                                 offload="offload" in levers, **options)
-    if "tiling" in levers:
-        pipe.enable_vae_tiling()
-    if args.official:
         extract_feature = pipe.vlm.extract_feature
         pipe.vlm.extract_feature = lambda pixel_values, *a, **k: extract_feature(pixel_values.to(pipe.vlm.dtype), *a, **k)
+        return pipe
+    # Ours picks its attention for the device it loads onto (sdpa for the language model on a GPU).
+    pipe = InternVLUPipeline.from_pretrained(args.model, torch_dtype=dtype, device=args.device,
+                                             offload="offload" in levers, **options)
+    if "tiling" in levers:
+        pipe.enable_vae_tiling()
     return pipe
 
 
@@ -209,7 +209,8 @@ def switch_levers(pipe, args, levers: frozenset[str]) -> None:
         pipe.enable_compile()
 
 
-def run_task(pipe, args, task: str, accel: str, warmup: int, stages: StageTimers, generate: GenerateTimer) -> dict:
+def run_task(pipe, args, task: str, accel: str, warmup: int, stages: StageTimers, generate: GenerateTimer,
+             save: str | None) -> dict:
     """The task's untimed warm-up calls, one call with stage hooks, then the timed calls (median)."""
     import statistics
 
@@ -244,8 +245,8 @@ def run_task(pipe, args, task: str, accel: str, warmup: int, stages: StageTimers
               "staged_call_s": round(staged_seconds, 3), **figures}
     if args.device == "cuda":
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    if out.images and args.save:
-        out.images[0].save(args.save.replace("TASK", task))
+    if out.images and save:
+        out.images[0].save(save.replace("TASK", task))
     return result
 
 
@@ -286,22 +287,22 @@ def main() -> None:
     from internvlu import InternVLUPipeline
 
     imported = time.perf_counter()
-    first_levers = frozenset() if args.official else parse_config(configs[0])[1]
-    pipe = load(args, InternVLUPipeline, first_levers)
+    parsed = [("off", frozenset())] if args.official else [parse_config(c) for c in configs]
+    pipe = load(args, InternVLUPipeline, parsed[0][1])
     synchronize(args.device)
     loaded = time.perf_counter()
-    stages = StageTimers(pipe, args.device, language_model="compile" not in args.configs)
+    stages = StageTimers(pipe, args.device, language_model=not any("compile" in levers for _, levers in parsed))
     generate = GenerateTimer(pipe, args.device)
-    save = args.save
-    for number, config in enumerate(configs):
-        accel, levers = ("off", frozenset()) if args.official else parse_config(config)
+    previous_levers = None
+    for config, (accel, levers) in zip(configs, parsed):
         if not args.official:
             switch_levers(pipe, args, levers)
-        args.save = save and save.replace("CONFIG", config)
-        changed = number == 0 or parse_config(configs[number - 1])[1] != levers
+        warmup = args.warmup if levers != previous_levers else 0
+        previous_levers = levers
+        save = args.save and args.save.replace("CONFIG", config)
         for task in tasks:
             result = {"impl": "official" if args.official else "ours", "config": config,
-                      **run_task(pipe, args, task, accel, args.warmup if changed else 0, stages, generate),
+                      **run_task(pipe, args, task, accel, warmup, stages, generate, save),
                       "import_s": round(imported - start, 3), "load_s": round(loaded - imported, 3),
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
             if not args.official:

@@ -5,7 +5,7 @@ and on Hopper cuDNN's kernel and the flash kernel differ by tens of percent depe
 and head size. So the first image call of a size on a GPU times each kernel that accepts the head's joint
 attention (its heads, head size, dtype and that call's token count, no mask: the per-sample path), keeps
 only kernels whose output agrees with the math kernel's, and the sampler then runs with that kernel first
-(`AttentionChoice.kernels`). The pipeline records the choice and the timings (`attention_choice`).
+(`AttentionChoice.kernels`). The pipeline records the choice and the timings (`InternVLUPipeline.attention_choices`).
 
 CPUs keep torch's own choice: the reference's numbers (and the goldens) were made with it.
 """

@@ -357,12 +357,10 @@ class Run:
         scored = {}
         module.eval()
         try:
-            for weights in ("average", "last"):
-                if weights == "average":
-                    average.copy_to_model()
-                else:
-                    average.restore(last)
-                scored[weights] = self._vae_ratios(pipe)
+            average.copy_to_model()
+            scored["average"] = self._vae_ratios(pipe)
+            average.restore(last)
+            scored["last"] = self._vae_ratios(pipe)
         finally:
             module.train()
             average.restore(last)
