@@ -283,11 +283,14 @@ class AttentionVE(nn.Module):
         if slot_groups is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         else:
-            out = torch.zeros_like(q)
+            out = None
             for rows, slots in slot_groups:
                 # Kept 4-D: SDPA picks another CPU kernel, with other rounding, for 3-D inputs.
                 group = (t.index_select(0, rows).index_select(2, slots) for t in (q, k, v))
-                out[rows[:, None], :, slots] = F.scaled_dot_product_attention(*group).transpose(1, 2)
+                part = F.scaled_dot_product_attention(*group).transpose(1, 2)
+                if out is None:  # in SDPA's dtype, which autocast may lower below q's
+                    out = part.new_zeros(q.shape)
+                out[rows[:, None], :, slots] = part
         out = out.transpose(1, 2).flatten(2)
         gate = torch.sigmoid(gate)
         # Contiguous streams: a strided one sends the projection to a batched kernel with other rounding (an ulp

@@ -106,6 +106,28 @@ def test_data_workers_change_nothing_but_the_wall_time(short_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_every_stage_steps_under_the_gpus_bfloat16_autocast(short_run):
+    """A CUDA run trains under bfloat16 autocast, which lowers linears and attention below the weights' dtype;
+    the CPU's autocast lowers the same ops, so each stage's losses and gradients are checked under it here.
+    Three prompts a task give rows of different lengths, the padded batch whose attention runs per slot group."""
+    _, out, _ = short_run
+    pipe = InternVLUPipeline.from_pretrained(out)
+    modules = (pipe.vlm, pipe.generation_decoder, pipe.vae.model)
+    for module in modules:
+        module.train().requires_grad_(True)
+    for stage in SHORT:
+        rng, generator = _seeded(0, stage.name, 0)
+        drawn = losses.draw_step(rng, {task: 3 for task in stage.tasks}, stage.any_resolution)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            terms = losses.step_losses(pipe, drawn, generator)
+        sum(terms.values()).backward()
+        assert all(torch.isfinite(v) for v in terms.values()), stage.name
+        gradients = [p.grad for module in modules for p in module.parameters() if p.grad is not None]
+        assert gradients and all(torch.isfinite(g).all() for g in gradients), stage.name
+        for module in modules:
+            module.zero_grad(set_to_none=True)
+
+
 def test_every_step_draws_its_own_data_and_noise():
     def draw(stage, step):
         rng, generator = _seeded(0, stage, step)
