@@ -28,6 +28,9 @@ E4M3_LARGEST = torch.finfo(E4M3).max
 KERNEL_MULTIPLE = 16  # _scaled_mm on CUDA needs both sides of the weight in multiples of 16
 FP8_COMPUTE_CAPABILITY = (8, 9)  # Ada; Hopper is (9, 0)
 SKIPPED_PARENTS = ("img_mod", "txt_mod")  # the adaLN modulation: one product per call (the time table)
+# What the GPUs' row-wise FP8 kernels can write (float32 only through cuBLAS on Hopper with CUDA 12.9+): a float32
+# model gets its products in bfloat16 there, widened after. The CPU's kernel writes float32 as asked.
+GPU_OUTPUT_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def float8_unavailable_reason(device: torch.device) -> str | None:
@@ -65,7 +68,9 @@ class Float8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         values, scale = quantize_rows(rows)
         # The weight's transpose is a column-major view, the layout the kernels want for the second operand.
-        out = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=x.dtype)
+        written = x.dtype if x.dtype in GPU_OUTPUT_DTYPES or x.device.type == "cpu" else torch.bfloat16
+        out = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=written)
+        out = out.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
