@@ -115,8 +115,10 @@ def test_samples_of_different_lengths_run_alone_as_in_one_padded_batch(tiny_pipe
     alone = head(golden["latents"], golden["timestep"], samples, prepared)
     prepared.per_sample = False  # one batch, each sample attending on its own slots
     attending_alone = head(golden["latents"], golden["timestep"], samples, prepared)
-    prepared.row_slots = None  # one padded batch with a key mask, as an exported step runs it
-    padded = head(golden["latents"], golden["timestep"], samples, prepared)
+    # One padded batch with a key mask, as an exported step and the trainer run it.
+    masked = head.prepare(samples, torch.device("cpu"), reference_rounding=False)
+    assert masked.slot_groups is None and masked.row_slots is None and not masked.per_sample
+    padded = head(golden["latents"], golden["timestep"], samples, masked)
     for output in (attending_alone, padded):
         torch.testing.assert_close(alone, output, atol=1e-5, rtol=0)
     assert not torch.equal(alone, torch.zeros_like(alone))

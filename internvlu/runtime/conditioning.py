@@ -191,12 +191,22 @@ class Conditioner:
         tile_side = self.vlm.config.image_size // self.vlm.config.vision.patch_size
         vlm_side = int(tile_side * self.vlm.config.downsample_ratio)
 
+        # Each row's context tokens (its span's attended positions, cut to the head's limit) are found on the host
+        # and projected in one batch: per row, the boolean selections would each wait for the device.
+        limit = self.generation_decoder.max_context_length
+        kept = []
+        for r in rows:
+            span = context_span(input_ids[r], token_ids)
+            kept.append((span.start + attention_mask[r, span].nonzero().flatten())[:limit])
+        lengths = [len(positions) for positions in kept]
+        sample_of_token = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
+        gathered = features[sample_of_token.to(self.device), torch.cat(kept).to(self.device)]
+        contexts = self.generation_decoder.project_context(gathered).split(lengths)
+
         samples = []
         for position, r in enumerate(rows):
-            span = context_span(input_ids[r], token_ids)
-            valid = attention_mask[r, span].bool().to(self.device)
-            context = self.generation_decoder.project_context(features[position, span][valid])
-            is_image = (input_ids[r, span].to(self.device) == token_ids.img_context)[valid][: context.shape[0]]
+            context = contexts[position]
+            is_image = input_ids[r, kept[position]] == token_ids.img_context
             blocks = range(int(block_offsets[r]), int(block_offsets[r + 1]))
             conditions = [condition_latents[inputs.condition_index[b]][:, : int(condition_grids[b, 1]), : int(condition_grids[b, 2])]
                           for b in blocks]

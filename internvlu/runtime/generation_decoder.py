@@ -40,8 +40,5 @@ class InternVLUGenerationDecoder(nn.Module):
         return self.config.max_sequence_length if self.config.pad_to_fix_length else None
 
     def project_context(self, states: torch.Tensor) -> torch.Tensor:
-        """[L, input_hidden_size] VLM states -> [L', joint_attention_dim], L' = L cut to the limit."""
-        limit = self.max_context_length
-        if limit is not None:
-            states = states[:limit]
+        """[..., input_hidden_size] VLM states -> [..., joint_attention_dim] (the caller cuts them to the limit)."""
         return self.decoder_projector(states.to(self.dtype))

@@ -466,9 +466,13 @@ class InternVLUTransformer2DModel(nn.Module):
         return x.reshape(C, gh // p, p, gw // p, p).permute(1, 3, 0, 2, 4).reshape((gh // p) * (gw // p), C * p * p)
 
     def prepare(self, samples: Sequence[SampleInputs], device: torch.device,
-                timesteps: torch.Tensor | None = None) -> PreparedBatch:
+                timesteps: torch.Tensor | None = None, reference_rounding: bool = True) -> PreparedBatch:
         """Padding, masks and RoPE angles of a batch; they do not change across denoising steps. With the call's
-        `timesteps` (as the head takes them, in order) also each step's time modulation (`modulation_table`)."""
+        `timesteps` (as the head takes them, in order) also each step's time modulation (`modulation_table`).
+
+        `reference_rounding=False` gives up the reference's rounding for speed: a padded batch then runs one
+        masked attention call a layer instead of one per group of samples (the same values up to rounding), and
+        never one sample at a time. Training takes it: on a large batch the groups cost more than the head."""
         p = self.config.patch_size
         dtype = self.dtype
         target_lengths = [(s.target_grid[0] // p) * (s.target_grid[1] // p) for s in samples]
@@ -490,7 +494,7 @@ class InternVLUTransformer2DModel(nn.Module):
         freqs = rope_frequencies(positions.flatten(0, 1), self.config.axes_dims_rope).reshape(len(samples), G + C + T, -1)
         # Found here, on the host, so that the steps index without a device sync.
         row_slots = slot_groups = None
-        if not valid.all():
+        if reference_rounding and not valid.all():
             row_slots = []
             samples_by_slots: dict[bytes, list[int]] = {}
             for b, row in enumerate(valid):
@@ -504,7 +508,8 @@ class InternVLUTransformer2DModel(nn.Module):
             condition_tokens=_pad_stack(conditions, C).to(device),
             context=_pad_stack([s.context for s in samples], T).to(device, dtype),
             valid=valid.to(device), cos=freqs.real.contiguous().to(device), sin=freqs.imag.contiguous().to(device),
-            row_slots=row_slots, slot_groups=slot_groups, per_sample=runs_per_sample(valid, self.config.inner_dim),
+            row_slots=row_slots, slot_groups=slot_groups,
+            per_sample=reference_rounding and runs_per_sample(valid, self.config.inner_dim),
             time_modulations=None if timesteps is None or self.step != self.denoise_tokens else self.modulation_table(timesteps))
 
     def modulation_table(self, timesteps: torch.Tensor) -> list[TimeModulation]:

@@ -258,7 +258,7 @@ def flow_loss(pipe: InternVLUPipeline, drawn: FlowBatch, generator: torch.Genera
     noisy = (1 - s) * x0 + s * noise
     head = pipe.generation_decoder.decoder
     timestep = sigma * 1000 * head.config.timestep_scale
-    velocity = head(noisy, timestep, samples).float()
+    velocity = head(noisy, timestep, samples, head.prepare(samples, x0.device, reference_rounding=False)).float()
     return F.mse_loss(velocity, noise - x0)
 
 
