@@ -155,11 +155,12 @@ class _TimedRun(Run):
         return pipe
 
 
-def measure(stage: trainer.Stage, steps: int, warmup: int, device: str, workers: int) -> dict:
+def measure(stage: trainer.Stage, steps: int, warmup: int, device: str, workers: int, batch_multiplier: int = 1) -> dict:
     stage = dataclasses.replace(stage, steps=steps)
     original_next = trainer.StepData.next
     with tempfile.TemporaryDirectory() as folder:
-        run = _TimedRun(Path(folder) / "run", seed=0, device=device, log=lambda _: None, data_workers=workers)
+        run = _TimedRun(Path(folder) / "run", seed=0, device=device, log=lambda _: None, data_workers=workers,
+                        batch_multiplier=batch_multiplier)
         clock = run.clock = _Clock(run.device.type == "cuda")
         counts: list[int] = []
 
@@ -200,7 +201,7 @@ def measure(stage: trainer.Stage, steps: int, warmup: int, device: str, workers:
     per_step = samples[0]
     return {"benchmark": "train_step", "stage": stage.name,
             "device": torch.cuda.get_device_name() if run.device.type == "cuda" else "cpu",
-            "steps": n, "warmup_steps": warmup, "data_workers": workers,
+            "steps": n, "warmup_steps": warmup, "data_workers": workers, "batch_multiplier": batch_multiplier,
             "samples_per_step": per_step, "samples_per_s": round(per_step / wall, 2),
             "seconds_per_step": round(wall, 4), "draw_s_per_step": round(draw, 4), "prep_s_per_step": round(prep, 4),
             "render_s_per_step": round(rendering, 4), "tokenise_s_per_step": round(tokenise, 4), "frozen_s_per_step": round(frozen, 4),
@@ -216,6 +217,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="leading steps left out of the figures")
     parser.add_argument("--workers", default="0", help="data-worker settings to try, comma-separated")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-multiplier", type=int, default=1,
+                        help="every task's batch times this, as the trainer's --batch-multiplier (the GPU run uses 16)")
     args = parser.parse_args()
     chosen = args.stages.split(",")
     unknown = sorted(set(chosen) - set(names))
@@ -226,7 +229,7 @@ def main() -> None:
     for name in chosen:
         stage = next(s for s in STAGES if s.name == name)
         for workers in (int(w) for w in args.workers.split(",")):
-            print(json.dumps(measure(stage, args.steps, args.warmup, args.device, workers), separators=(",", ":")), flush=True)
+            print(json.dumps(measure(stage, args.steps, args.warmup, args.device, workers, args.batch_multiplier), separators=(",", ":")), flush=True)
 
 
 if __name__ == "__main__":
