@@ -17,6 +17,7 @@ reproduces its position walk (`create_position_ids_3d_v3`) including the VLM-ima
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from internvlu.runtime.step_cache import StepCache
 
 NORM_EPS = 1e-6
 ROPE_THETA = 10000.0
+ROPE_LAYOUTS = 1024  # distinct sample layouts whose RoPE positions are kept
 TIMESTEP_CHANNELS = 256
 
 
@@ -165,7 +167,16 @@ def rope_positions(
     `image_blocks`: post-patch (frames, h, w) of the target then of each VAE condition; they form one
     block whose frames count up. `vlm_images`: (frames, h, w) of each VLM image in the context.
     `token_is_image`: one flag per token, true on image-block tokens (target, conditions, VLM images).
+    Samples of one layout share the result (a batch's samples mostly differ only in their text's length),
+    so it is read-only.
     """
+    return _layout_positions(tuple(map(tuple, image_blocks)), tuple(map(tuple, vlm_images)),
+                             tuple(token_is_image.tolist()), video_scale, vlm_scale)
+
+
+@functools.lru_cache(maxsize=ROPE_LAYOUTS)
+def _layout_positions(image_blocks: tuple, vlm_images: tuple, flags: tuple, video_scale: float, vlm_scale: float
+                      ) -> torch.Tensor:
     blocks = []
     frame, first = 0, []
     for f, h, w in image_blocks:
@@ -174,7 +185,6 @@ def rope_positions(
     blocks.append(torch.cat(first))
     blocks += [_grid_positions(f, h, w, 0, vlm_scale) for f, h, w in vlm_images]
 
-    flags = token_is_image.tolist()
     positions = torch.zeros(len(flags), 3)
     counter, start, next_block = 0, 0, 0
     while start < len(flags):
