@@ -32,10 +32,8 @@ class WeightAverage:
         for name, parameter in self.parameters.items():
             self.averages[name].lerp_(parameter.detach(), weight)
 
-    @torch.no_grad()
     def copy_to_model(self) -> None:
-        for name, parameter in self.parameters.items():
-            parameter.copy_(self.averages[name])
+        self.restore(self.averages)
 
     @torch.no_grad()
     def restore(self, values: dict[str, torch.Tensor]) -> None:
