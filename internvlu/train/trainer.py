@@ -357,10 +357,9 @@ class Run:
         scored = {}
         module.eval()
         try:
+            scored["last"] = self._vae_ratios(pipe)
             average.copy_to_model()
             scored["average"] = self._vae_ratios(pipe)
-            average.restore(last)
-            scored["last"] = self._vae_ratios(pipe)
         finally:
             module.train()
             average.restore(last)
