@@ -9,7 +9,9 @@ takes. This runs the trainer's own VAE stage (`Run.train` with that stage alone,
 `--minutes`), from the same fresh initialisation as a real run, and records each gate the stage scores: at
 half and three quarters of its planned steps (where a pass ends the stage early) and at its end. Each gate
 scores the weight average and the last weights; the line reports both, and the `images_seen` at each
-gate (steps times the batch), the figure to compare across batch sizes and devices.
+gate (steps times the batch), the figure to compare across batch sizes and devices. `stage_seconds` is the
+stage's own clock, as its `--minutes` plan counts it: it includes the gates scored during the stage but not
+the one at its end. The trainer's log goes to stderr.
 """
 
 from __future__ import annotations
