@@ -588,16 +588,16 @@ class InternVLUTransformer2DModel(nn.Module):
         the timestep's sinusoidal features [B, 256] -> output tokens [B, I, patch^2 out_channels]. This is
         the graph that is exported (without `slot_groups` and `modulation`, which only the torch step passes:
         the step's time modulation, when the call found it for all steps at once)."""
-        img, txt, key_mask = self.embed_tokens(image_tokens, context, valid)
-        if modulation is None:
-            modulation = self.time_modulation(self.embed_time(time_features))
+        img, txt, key_mask, modulation = self.embed_step(image_tokens, context, valid, time_features, modulation)
         for block, block_modulation in zip(self.transformer_blocks, modulation.blocks):
             img, txt = block(img, txt, block_modulation, key_mask, cos, sin, slot_groups)
         return self.project_out(img, modulation.out)
 
-    def embed_tokens(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The blocks' inputs: the image and context streams and the attention key mask."""
+    def embed_step(self, image_tokens: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
+                   time_features: torch.Tensor, modulation: TimeModulation | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TimeModulation]:
+        """The blocks' inputs for one step: the image and context streams, the attention key mask and the time
+        modulation (computed here unless the call passes the one it found for all steps at once)."""
         dtype = self.dtype
         img = self.img_in(image_tokens.to(dtype))
         txt = self.txt_in(self.txt_norm(context.to(dtype)))
@@ -605,7 +605,9 @@ class InternVLUTransformer2DModel(nn.Module):
         if torch.onnx.is_in_onnx_export():
             # ONNX Runtime's Attention kernel does not broadcast the mask over queries; torch's SDPA does.
             key_mask = key_mask.expand(-1, -1, valid.shape[1], -1)
-        return img, txt, key_mask
+        if modulation is None:
+            modulation = self.time_modulation(self.embed_time(time_features))
+        return img, txt, key_mask, modulation
 
     def embed_time(self, time_features: torch.Tensor) -> torch.Tensor:
         """Timestep embeddings [n, D] from the sinusoidal features [n, 256]."""

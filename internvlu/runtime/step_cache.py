@@ -109,9 +109,7 @@ class StepCache:
                 row_slots: list[RowSlots] | None = None) -> torch.Tensor:
         """`head.denoise_tokens` with reuse; same inputs and output. With `row_slots` (the head runs this batch
         one sample at a time, `PreparedBatch.per_sample`) each computed row runs alone on its real slots."""
-        img, txt, key_mask = head.embed_tokens(image_tokens, context, valid)
-        if modulation is None:
-            modulation = head.time_modulation(head.embed_time(time_features))
+        img, txt, key_mask, modulation = head.embed_step(image_tokens, context, valid, time_features, modulation)
         rows = list(range(img.shape[0]))
         anchored = [r for r in rows if self.anchors[r] == r or self.rows[r].branch_offset is None]
         computed = anchored if self._caches_branches() else rows
