@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -34,6 +35,7 @@ def test_vae_tiling_decodes_a_large_image(tiny_dir):
     assert torch.isfinite(decoded).all()
 
 
+@pytest.mark.slow  # inductor's C++ build of the head takes ~30 s on 2 cores
 def test_a_compiled_head_draws_what_the_eager_head_draws(tiny_dir):
     """torch.compile on the CPU here (CUDA graphs are the GPU's part of the same switch)."""
     call = dict(prompt="a red circle", generation_mode="image", height=64, width=64, num_inference_steps=3,

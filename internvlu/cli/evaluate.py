@@ -49,8 +49,7 @@ def evaluate(
 
       internvlu eval --model nano --prompts 200 --out-dir eval/
     """
-    from internvlu.runtime.step_cache import off_reason
-    from internvlu.train.evaluate import TASKS, EvalSettings, Evaluator, unmet_needs
+    from internvlu.train.score import TASKS, unmet_needs
 
     opt.set_debug(debug)
     ui = UI(quiet)
@@ -58,6 +57,8 @@ def evaluate(
     unknown = [t for t in chosen if t not in TASKS]
     if unknown or not chosen:
         raise UsageError(f"unknown task(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(TASKS)}")
+    from internvlu.runtime.step_cache import off_reason  # torch and the pipeline: after the cheap checks
+    from internvlu.train.evaluate import EvalSettings, Evaluator
     targets = {}
     if out_dir is not None:
         targets = {"json": out_dir / "eval.json", "grid": out_dir / "samples.png"}

@@ -28,11 +28,10 @@ from PIL import Image, ImageDraw, ImageFont
 from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.runtime.vae import to_uint8_images
 from internvlu.train import score, world
+from internvlu.train.score import TASKS, unmet_needs
 from internvlu.train.losses import target_pixels
 
-TASKS = ("t2i", "words", "edit", "qa", "reasoning", "vae")
 GRID_COLUMNS = 8
-OCR_MISSING = "tesseract is not installed (Debian/Ubuntu: apt-get install tesseract-ocr)"
 
 
 def _percent(value: float) -> str:
@@ -56,16 +55,6 @@ def summary_line(task: str, result: dict) -> str:
     """One finished task for a person: `edit: 34 prompts, edit success 41.2%, ... (12.0 s)`."""
     numbers = [f"{label} {show(result)}" for label, show in HEADLINES[task]] if result["prompts"] else []
     return f"{task}: " + ", ".join([f"{result['prompts']} prompts", *numbers]) + f" ({result['seconds']} s)"
-
-
-def unmet_needs(tasks: tuple[str, ...]) -> dict[str, str]:
-    """The parts of `tasks` this machine cannot score, each with the reason. Known before any task runs, so a
-    missing tool skips what needs it instead of failing after the other tasks have run."""
-    if score.tesseract_available():
-        return {}
-    # Words are read back by OCR, and so are the word edits among the edits (the object edits are not).
-    needs_ocr = {"words": "words", "edit": "edit_words", "vae": "vae_words"}
-    return {needs_ocr[task]: OCR_MISSING for task in tasks if task in needs_ocr}
 
 
 @dataclass(frozen=True)

@@ -160,9 +160,23 @@ def _is_fringe(number: int, region: np.ndarray, regions: list, owner: np.ndarray
 
 # ---- OCR -----------------------------------------------------------------------------------------------
 
+# What `internvlu eval` scores; the light list here lets a command check a task name before the model loads.
+TASKS = ("t2i", "words", "edit", "qa", "reasoning", "vae")
+OCR_MISSING = "tesseract is not installed (Debian/Ubuntu: apt-get install tesseract-ocr)"
+
 
 def tesseract_available() -> bool:
     return shutil.which("tesseract") is not None
+
+
+def unmet_needs(tasks: tuple[str, ...]) -> dict[str, str]:
+    """The parts of `tasks` this machine cannot score, each with the reason. Known before any task runs, so a
+    missing tool skips what needs it instead of failing after the other tasks have run."""
+    if tesseract_available():
+        return {}
+    # Words are read back by OCR, and so are the word edits among the edits (the object edits are not).
+    needs_ocr = {"words": "words", "edit": "edit_words", "vae": "vae_words"}
+    return {needs_ocr[task]: OCR_MISSING for task in tasks if task in needs_ocr}
 
 
 INK_DISTANCE = 60.0

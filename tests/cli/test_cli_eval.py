@@ -7,7 +7,7 @@ import json
 
 from .helpers import one_line_error
 from internvlu.train import score
-from internvlu.train.evaluate import OCR_MISSING
+from internvlu.train.score import OCR_MISSING
 
 # Seed 701's first 4 held-out edits are move, word, move, add: one word edit to leave out without OCR.
 SMALL = ["--prompts", 4, "--steps", 1, "--batch", 4, "--seed", 701]
