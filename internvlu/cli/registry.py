@@ -27,6 +27,7 @@ from internvlu.paths import cache_dir
 EMBEDDED = ("nano", "tiny")
 PACKAGED = ("nano",)  # shipped inside the package; the others are built on first use
 DEFAULT_MODEL = "nano"
+DEFAULT_REPO_ID = "InternVL-U/InternVL-U"  # the official weights, as the examples name them
 # Embedded models trained on the procedural world's image sizes (internvlu.train.world.IMAGE_SIZES): outside
 # them they draw little of the prompt. Real checkpoints state no such range.
 TRAINED_ON_THE_WORLD = ("nano",)
@@ -112,22 +113,34 @@ def looks_like_repo_id(name: str) -> bool:
     return "/" in name
 
 
-def resolve(name: str, revision: str | None = None, notify: Callable[[str], None] = lambda _: None) -> ModelRef:
+def model_kind(name: str) -> str:
+    """What `name` names: "embedded", "folder" or "hub". A missing folder, or one that is no checkpoint, fails
+    here, before torch is imported, so a mistyped --model is told at once."""
     if name in EMBEDDED:
-        return ModelRef(name, "embedded", ensure_embedded(name, notify))
-    from internvlu.runtime.checkpoint import DEFAULT_REPO_ID, resolve_model_dir
-
+        return "embedded"
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise UsageError(f"{path} is not an InternVL-U checkpoint folder (it has no model_index.json); "
                              "pass the folder that holds model_index.json")
-        return ModelRef(str(path.resolve()), "folder", resolve_model_dir(path))
+        return "folder"
     if not looks_like_repo_id(name):
         raise UsageError(f"model {name!r} not found: no such folder; pass a checkpoint folder, a Hugging Face repo id "
                          f"such as {DEFAULT_REPO_ID}, or {' / '.join(EMBEDDED)}")
+    return "hub"
+
+
+def resolve(name: str, revision: str | None = None, notify: Callable[[str], None] = lambda _: None) -> ModelRef:
+    kind = model_kind(name)
+    if kind == "embedded":
+        return ModelRef(name, kind, ensure_embedded(name, notify))
+    from internvlu.runtime.checkpoint import resolve_model_dir
+
+    if kind == "folder":
+        path = Path(name).expanduser()
+        return ModelRef(str(path.resolve()), kind, resolve_model_dir(path))
     path = resolve_model_dir(name, revision)
-    return ModelRef(name, "hub", path, path.name if path.parent.name == "snapshots" else revision)
+    return ModelRef(name, kind, path, path.name if path.parent.name == "snapshots" else revision)
 
 
 def ensure_embedded(name: str, notify: Callable[[str], None] = lambda _: None) -> Path:

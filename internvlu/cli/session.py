@@ -221,6 +221,7 @@ class Session:
 
     def __init__(self, ui: UI, model: str, settings: GenerationSettings, revision: str | None = None):
         self.ui = ui
+        registry.model_kind(model)  # a mistyped --model fails before the heavy imports
         self.model_name = model
         self.revision = revision
         self.settings = settings

@@ -27,7 +27,6 @@ from internvlu.errors import CheckpointError, ModelNotFoundError
 from internvlu.runtime.file_facts import FileFacts
 
 COMPONENTS = ("vlm", "generation_decoder", "vae", "scheduler", "processor")
-DEFAULT_REPO_ID = "InternVL-U/InternVL-U"
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors codes of the weights a module is given
 
 

@@ -56,6 +56,16 @@ def test_json_goes_to_stdout_and_logs_to_stderr(model_dir):
     assert "\x1b[" not in result.stderr + result.stdout  # no colour or bars without a terminal
 
 
+@pytest.mark.parametrize("args", [["gen", "x", "--model", "no-such-model"], ["eval", "--tasks", "paint"]], ids=" ".join)
+def test_a_mistyped_name_fails_before_torch_is_imported(args):
+    """torch and the pipeline take seconds to import: a typo is told before they are."""
+    probe = ("import sys\nfrom internvlu.cli.app import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n"
+             "    print(exit.code, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_errors_as_a_process(tmp_path):
     result = run_cli("edit", "missing.png", "x")
     assert result.returncode == 2 and result.stderr.strip() == "error: image missing.png not found; check the path"
