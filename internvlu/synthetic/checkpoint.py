@@ -539,6 +539,12 @@ def _write_weights(module: nn.Module, folder: Path, stem: str, generator: torch.
 
 def _populate(root: Path, size: str, seed: int, dtype: torch.dtype, with_weights: bool) -> dict[str, int]:
     write_configs(root, size, dtype)
+    return write_weights(root, seed, dtype, with_weights)
+
+
+def write_weights(root: Path, seed: int = 0, dtype: torch.dtype = torch.float32, with_weights: bool = True) -> dict[str, int]:
+    """Random weights for the configs already in `root` (as `write_configs` wrote them, or edited since), drawn
+    in the golden order; returns the parameter counts per component."""
     generator = torch.Generator().manual_seed(seed)
     counts: dict[str, int] = {}
     for component, stem in WEIGHT_STEMS.items():
