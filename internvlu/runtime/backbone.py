@@ -56,7 +56,7 @@ class InternVLUChatModel(nn.Module):
         super().__init__()
         self.config = config
         Dv, Dl = config.vision.hidden_size, config.llm_hidden_size
-        shuffle = int(1 / config.downsample_ratio) ** 2
+        shuffle = config.shuffle_factor**2
         self.vision_model = InternVisionModel(config.vision)
         llm_config = build_llm_config(config, attn_implementation)
         self.language_model = getattr(transformers, LLM_CLASSES[config.llm_architecture][1])(llm_config)
@@ -81,9 +81,9 @@ class InternVLUChatModel(nn.Module):
         """[n, 3, H, W] tiles -> [n, tokens_per_tile, Dl] embeddings for the `<IMG_CONTEXT>` slots."""
         x = self.vision_model(pixel_values, self.config.select_layer)[:, 1:]
         n, tokens, D = x.shape
-        side = int(tokens**0.5)
-        # pixel_shuffle_v2 at ratio 0.5: token (i, j) gathers the 2x2 block, channel = dy*2D + dx*D + c.
-        x = x.reshape(n, side // 2, 2, side // 2, 2, D).permute(0, 1, 3, 2, 4, 5).reshape(n, (side // 2) ** 2, 4 * D)
+        side, k = int(tokens**0.5), self.config.shuffle_factor
+        # pixel_shuffle_v2 at ratio 1/k: token (i, j) gathers the k x k block, channel = dy*k*D + dx*D + c.
+        x = x.reshape(n, side // k, k, side // k, k, D).permute(0, 1, 3, 2, 4, 5).reshape(n, (side // k) ** 2, k * k * D)
         return self.mlp1(x)
 
     def embed_prompt(self, input_ids: torch.Tensor, vit_embeds: torch.Tensor | None = None) -> torch.Tensor:

@@ -111,6 +111,11 @@ class VLMConfig:
         return int((self.image_size // self.vision.patch_size) ** 2 * self.downsample_ratio**2)
 
     @property
+    def shuffle_factor(self) -> int:
+        """Patches per side that pixel shuffle merges into one LM token (2 at the usual ratio 0.5)."""
+        return round(1 / self.downsample_ratio)
+
+    @property
     def llm_hidden_size(self) -> int:
         return self.llm["hidden_size"]
 
@@ -140,8 +145,9 @@ class VLMConfig:
         if template != "qwen2_5-chat-v3":
             raise CheckpointError(f"{source}: template {template!r} is unknown; InternVL-U uses 'qwen2_5-chat-v3'")
         ratio = _get(d, "downsample_ratio", 0.5, source, (int, float))
-        if ratio != 0.5:
-            raise CheckpointError(f"{source}: downsample_ratio {ratio} is unsupported (pixel shuffle is defined for 0.5)")
+        if not 0 < ratio <= 1 or abs(1 / ratio - round(1 / ratio)) > 1e-6:
+            raise CheckpointError(f"{source}: downsample_ratio {ratio} is unsupported (pixel shuffle merges whole "
+                                  "blocks: use 1/k for a whole number k, e.g. 0.5)")
         cfg = cls(
             vision=vision,
             llm=llm,
@@ -151,9 +157,13 @@ class VLMConfig:
             force_image_size=_get(d, "force_image_size", None, source, int),
             downsample_ratio=ratio,
         )
-        grid = cfg.image_size // vision.patch_size
-        if grid < 2 or grid % 2:
-            raise CheckpointError(f"{source}: image size {cfg.image_size} / patch {vision.patch_size} must give an even patch grid")
+        grid, factor = cfg.image_size // vision.patch_size, cfg.shuffle_factor
+        if grid < 1 or grid % factor:
+            raise CheckpointError(f"{source}: image size {cfg.image_size} / patch {vision.patch_size} must give a patch "
+                                  f"grid that pixel shuffle's {factor}x{factor} blocks tile (downsample_ratio {ratio})")
+        if cfg.num_image_token != (grid // factor) ** 2:  # the reference's count rounds 1/k down
+            raise CheckpointError(f"{source}: downsample_ratio {ratio} gives {cfg.num_image_token} image tokens for "
+                                  f"{(grid // factor) ** 2} features; write the ratio exactly (e.g. 0.25)")
         if not -vision.num_hidden_layers - 1 <= cfg.select_layer <= vision.num_hidden_layers:
             raise CheckpointError(f"{source}: select_layer {cfg.select_layer} is outside the vision encoder's layers")
         return cfg
