@@ -1,16 +1,21 @@
 """The side-by-side benchmark's configurations (benchmarks/): parsed, ordered into processes the driver can
-run, and the device script's lists accepted, so a device call does not fail on them."""
+run, and the device script's lists accepted, so a device call does not fail on them; the parity sweep's
+checkpoint variants built and loaded."""
 
 import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from internvlu import InternVLUPipeline
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from bench_vs_official import process_groups  # noqa: E402
+from parity_sweep import VARIANTS, build  # noqa: E402
 from pipeline_driver import check_order, parse_config  # noqa: E402
 
 
@@ -49,3 +54,14 @@ def test_the_device_scripts_lists_are_valid():
     for configs in lists:
         for group in process_groups(configs.split(",")):
             check_order(group)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_parity_sweep_variant_loads_and_draws(tmp_path, variant):
+    """The sweep's checkpoints are configurations a real checkpoint may hold: ours must load each and draw from
+    it (the sweep then checks the pixels against the official)."""
+    build(tmp_path / variant, *VARIANTS[variant])
+    pipe = InternVLUPipeline.from_pretrained(tmp_path / variant, torch_dtype=torch.float32)
+    out = pipe("a red cube", generation_mode="image", height=32, width=48, num_inference_steps=1,
+               generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (48, 32)
