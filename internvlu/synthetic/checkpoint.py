@@ -542,6 +542,9 @@ def _populate(root: Path, size: str, seed: int, dtype: torch.dtype, with_weights
     return write_weights(root, seed, dtype, with_weights)
 
 
+# ---- public API --------------------------------------------------------------------------------------
+
+
 def write_weights(root: Path, seed: int = 0, dtype: torch.dtype = torch.float32, with_weights: bool = True) -> dict[str, int]:
     """Random weights for the configs already in `root` (as `write_configs` wrote them, or edited since), drawn
     in the golden order; returns the parameter counts per component."""
@@ -554,9 +557,6 @@ def write_weights(root: Path, seed: int = 0, dtype: torch.dtype = torch.float32,
             _write_weights(module, root / component, stem, generator, dtype)
     counts["total"] = sum(counts.values())
     return counts
-
-
-# ---- public API --------------------------------------------------------------------------------------
 
 
 def count_parameters(size: str = "tiny") -> dict[str, int]:
