@@ -162,3 +162,49 @@ def test_bfloat16_load(tiny_dir):
     out = pipe("a red cube", generation_mode="image", height=32, width=32, num_inference_steps=2,
                generator=torch.Generator().manual_seed(0))
     assert out.images[0].size == (32, 32) and torch.isfinite(out.latents).all()
+
+
+def edit_config(path, dotted: str, value):
+    config = json.loads(path.read_text())
+    *parents, leaf = dotted.split(".")
+    target = config
+    for key in parents:
+        target = target[key]
+    target[leaf] = value
+    path.write_text(json.dumps(config))
+
+
+# Values found by setting every config key of the tiny checkpoint to a string, null, -1, 0, 10^6, 0.5 and a
+# list: each of these once raised a bare TypeError/KeyError/ZeroDivisionError at load or at the first call,
+# or (num_res_blocks) built a VAE of 10^7 blocks until memory ran out.
+HOSTILE_CONFIG_VALUES = [
+    ("scheduler/scheduler_config.json", "num_train_timesteps", 0, "scheduler_config.json: unusable config"),
+    ("scheduler/scheduler_config.json", "solver_order", 0, "scheduler_config.json: unusable config"),
+    ("scheduler/scheduler_config.json", "timestep_spacing", "weird", "scheduler_config.json: unusable config"),
+    ("scheduler/scheduler_config.json", "algorithm_type", "ddim", "scheduler_config.json: unusable config"),
+    ("vae/config.json", "num_res_blocks", 10**7, "num_res_blocks"),
+    ("vae/config.json", "dim_mult", 4, "dim_mult"),
+    ("vae/config.json", "attn_scales", 3, "vae/config.json: unusable config"),
+    ("vlm/config.json", "llm_config.rms_norm_eps", "x", "rms_norm_eps"),
+    ("vlm/config.json", "llm_config.bos_token_id", "x", "bos_token_id"),
+    ("vlm/config.json", "llm_config.max_position_embeddings", [1], "max_position_embeddings"),
+    ("vlm/config.json", "llm_config.num_key_value_heads", 0, "num_key_value_heads"),
+    ("vlm/config.json", "llm_config.hidden_act", "x", "vlm/config.json: unusable config (KeyError"),
+    ("vlm/config.json", "llm_config.rope_scaling", "x", "rope_scaling"),
+    ("vlm/config.json", "llm_config.architectures", 5, "architectures"),
+    ("vlm/config.json", "vision_config.layer_norm_eps", None, "layer_norm_eps"),
+    ("vlm/config.json", "vision_config", None, "`vision_config` is null"),
+    ("vlm/config.json", "select_layer", None, "`select_layer` is null"),
+    ("generation_decoder/config.json", "decoder_config.axes_dims_rope", 5, "generation_decoder/config.json: unusable config"),
+    ("generation_decoder/config.json", "vlm_select_layer", None, "`vlm_select_layer` is null"),
+    ("processor/processor_config.json", "image_processor_kwargs.rescale_factor", 0, "rescale_factor"),
+]
+
+
+@pytest.mark.parametrize("file, key, value, says", HOSTILE_CONFIG_VALUES,
+                         ids=[f"{file.split('/')[0]}-{key}" for file, key, _, _ in HOSTILE_CONFIG_VALUES])
+def test_hostile_config_values_are_refused_at_load_naming_the_file(ckpt, file, key, value, says):
+    edit_config(ckpt / file, key, value)
+    message = load_error(ckpt)
+    assert says in message
+    assert str(ckpt) in message

@@ -8,13 +8,15 @@ any tensor exists, so a hostile or broken config fails with one line instead of 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from internvlu.errors import CheckpointError
+from internvlu.errors import CheckpointError, InternVLUError
 
 # Far above the real model (4B) yet small enough to refuse a config that asks for terabytes.
 MAX_COMPONENT_PARAMETERS = 40_000_000_000
@@ -35,8 +37,35 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+@contextlib.contextmanager
+def built_from(path: Path):
+    """Name `path` in the error when the classes (ours, transformers', diffusers') cannot be built or run from a
+    config value the parsers here do not check (a string where a size goes, an unknown activation): those
+    raise whatever the class raises, which says neither which file is wrong nor that it is the checkpoint."""
+    try:
+        yield
+    except InternVLUError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, ZeroDivisionError,
+            OverflowError, AssertionError, NotImplementedError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: unusable config ({type(exc).__name__}: {message}); the file is corrupt or "
+                              "belongs to another model") from exc
+
+
+def _names_its_file(from_file):
+    """`from_file` with `built_from` around it: a value the checks below miss still fails naming the file."""
+    @functools.wraps(from_file)
+    def parse(cls, path: Path):
+        with built_from(path):
+            return from_file(cls, path)
+    return parse
+
+
 def _get(d: dict, key: str, default: Any, source: str, kind: type | tuple[type, ...] | None = None) -> Any:
     value = d.get(key, default)
+    if value is None and default is not None:
+        raise CheckpointError(f"{source}: `{key}` is null; give it a value or leave the key out (default {default!r})")
     if kind is None or value is None:
         return value
     kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -50,6 +79,41 @@ def _positive(value: Any, key: str, source: str, maximum: int = MAX_DIMENSION) -
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
         raise CheckpointError(f"{source}: `{key}` = {value!r} must be an integer in 1..{maximum}")
     return value
+
+
+def _positive_number(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"{source}: `{key}` = {value!r} must be a positive number")
+    return value
+
+
+def _check_llm_values(llm: dict, source: str) -> None:
+    """The language model's keys that transformers neither checks nor uses until the first token (an epsilon,
+    the position limit, the special token ids); the rest fail when the model is built (`built_from`)."""
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads"):
+        _positive(llm.get(key), f"llm_config.{key}", source)
+    for key in ("num_key_value_heads", "max_position_embeddings", "head_dim", "num_experts", "num_experts_per_tok",
+                "moe_intermediate_size", "decoder_sparse_step"):
+        if llm.get(key) is not None:
+            _positive(llm[key], f"llm_config.{key}", source)
+    if llm["num_attention_heads"] % (llm.get("num_key_value_heads") or llm["num_attention_heads"]):
+        raise CheckpointError(f"{source}: llm_config.num_key_value_heads {llm['num_key_value_heads']} does not divide "
+                              f"num_attention_heads {llm['num_attention_heads']}")
+    for key in ("rms_norm_eps", "rope_theta"):
+        if key in llm:
+            _positive_number(llm[key], f"llm_config.{key}", source)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        ids = llm.get(key)
+        for token in ids if isinstance(ids, list) else [ids]:
+            if token is not None and (isinstance(token, bool) or not isinstance(token, int)
+                                      or not 0 <= token < llm["vocab_size"]):
+                raise CheckpointError(f"{source}: `llm_config.{key}` = {ids!r} must be a token id below the "
+                                      f"vocabulary size {llm['vocab_size']}, or null")
+    if (llm.get("num_experts_per_tok") or 0) > (llm.get("num_experts") or 0) and llm.get("num_experts"):
+        raise CheckpointError(f"{source}: llm_config.num_experts_per_tok {llm['num_experts_per_tok']} exceeds "
+                              f"num_experts {llm['num_experts']}")
+    if not isinstance(llm.get("rope_scaling") or {}, dict):
+        raise CheckpointError(f"{source}: `llm_config.rope_scaling` = {llm['rope_scaling']!r} must be an object or null")
 
 
 def _check_parameter_budget(count: int, source: str) -> None:
@@ -87,6 +151,7 @@ class VisionConfig:
             raise CheckpointError(f"{source}: vision norm_type {cfg.norm_type!r} is not layer_norm or rms_norm")
         if cfg.hidden_act not in ("gelu", "gelu_pytorch_tanh", "quick_gelu", "silu", "relu"):
             raise CheckpointError(f"{source}: vision hidden_act {cfg.hidden_act!r} is not supported")
+        _positive_number(cfg.layer_norm_eps, "vision_config.layer_norm_eps", source)
         per_layer = 4 * cfg.hidden_size**2 + 2 * cfg.hidden_size * cfg.intermediate_size
         _check_parameter_budget(cfg.num_hidden_layers * per_layer, source)
         return cfg
@@ -124,6 +189,7 @@ class VLMConfig:
         return self.llm["num_hidden_layers"]
 
     @classmethod
+    @_names_its_file
     def from_file(cls, path: Path) -> "VLMConfig":
         d = read_json(path)
         source = str(path)
@@ -132,12 +198,11 @@ class VLMConfig:
         vision = VisionConfig.from_dict(_get(d, "vision_config", {}, source, dict), source)
         llm = dict(_get(d, "llm_config", None, source, dict) or {})
         architectures = llm.get("architectures") or []
-        if not architectures or architectures[0] not in SUPPORTED_LLM_ARCHITECTURES:
+        if not isinstance(architectures, list) or not architectures or architectures[0] not in SUPPORTED_LLM_ARCHITECTURES:
             raise CheckpointError(
                 f"{source}: llm_config.architectures {architectures!r} must name one of {', '.join(SUPPORTED_LLM_ARCHITECTURES)}"
             )
-        for key in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads"):
-            _positive(llm.get(key), f"llm_config.{key}", source)
+        _check_llm_values(llm, source)
         hidden, vocab = llm["hidden_size"], llm["vocab_size"]
         per_layer = 4 * hidden**2 + 3 * hidden * llm["intermediate_size"] * max(1, llm.get("num_experts", 1) or 1)
         _check_parameter_budget(llm["num_hidden_layers"] * per_layer + 2 * vocab * hidden, source)
@@ -206,6 +271,7 @@ class DecoderConfig:
     vlm_select_layer: tuple[int, ...] = (-1,)
 
     @classmethod
+    @_names_its_file
     def from_file(cls, path: Path) -> "DecoderConfig":
         d = read_json(path)
         source = str(path)
@@ -306,6 +372,7 @@ class ProcessorConfig:
     generation: GenerationImageConfig
 
     @classmethod
+    @_names_its_file
     def from_file(cls, path: Path) -> "ProcessorConfig":
         d = read_json(path)
         source = str(path)
@@ -319,7 +386,7 @@ class ProcessorConfig:
             width=_positive(size["width"], "size.width", source, 8192),
             image_mean=_triple(und.get("image_mean", clip_mean), "image_mean", source),
             image_std=_triple(und.get("image_std", clip_std), "image_std", source, nonzero=True),
-            rescale_factor=float(und.get("rescale_factor", 1 / 255)),
+            rescale_factor=_positive_number(und.get("rescale_factor", 1 / 255), "image_processor_kwargs.rescale_factor", source),
         )
         gen_class = d.get("image_gen_processor_class")
         if gen_class != "InternVLUDynamicResGenerationImageProcessor":
@@ -340,7 +407,8 @@ class ProcessorConfig:
         generation = GenerationImageConfig(
             image_mean=_triple(gen.get("image_mean", clip_mean), "image_gen_processor_kwargs.image_mean", source),
             image_std=_triple(gen.get("image_std", clip_std), "image_gen_processor_kwargs.image_std", source, nonzero=True),
-            rescale_factor=float(gen.get("rescale_factor", 1 / 255)),
+            rescale_factor=_positive_number(gen.get("rescale_factor", 1 / 255), "image_gen_processor_kwargs.rescale_factor",
+                                            source),
             vae_downsample_factor=patch,
             merge_size=int(1.0 / ratio),
             min_pixels=_positive(gen.get("min_dynamic_patch", 4096), "min_dynamic_patch", source) * patch * patch,
@@ -373,6 +441,7 @@ class VAEConfig:
     spatial_scale_factor: int = 8
 
     @classmethod
+    @_names_its_file
     def from_file(cls, path: Path) -> "VAEConfig":
         d = read_json(path)
         source = str(path)
@@ -385,7 +454,15 @@ class VAEConfig:
                 raise CheckpointError(f"{source}: `{key}` must list {z_dim} finite numbers")
         if any(v == 0 for v in std):
             raise CheckpointError(f"{source}: `latents_std` contains a zero")
-        _positive(d.get("base_dim", 96), "base_dim", source, 8192)
+        base = _positive(d.get("base_dim", 96), "base_dim", source, 8192)
+        blocks = _positive(d.get("num_res_blocks", 2), "num_res_blocks", source, 1024)
+        multipliers = d.get("dim_mult", [1, 2, 4, 4])
+        if not isinstance(multipliers, list) or not 1 <= len(multipliers) <= 8 or not all(
+            isinstance(m, int) and not isinstance(m, bool) and 0 < m <= 1024 for m in multipliers
+        ):
+            raise CheckpointError(f"{source}: `dim_mult` = {multipliers!r} must list 1 to 8 positive integers")
+        # Encoder and decoder: per level, res blocks of two 3x3x3 convolutions at the level's width.
+        _check_parameter_budget(sum(2 * (blocks + 1) * 2 * 27 * (base * m) ** 2 for m in multipliers), source)
         temporal = d.get("temperal_downsample", [False, True, True])
         return cls(raw=d, z_dim=z_dim, latents_mean=tuple(mean), latents_std=tuple(std),
                    spatial_scale_factor=2 ** len(temporal))

@@ -43,13 +43,13 @@ from internvlu.runtime.attention_backend import AttentionChoice, fastest_attenti
 from internvlu.runtime.backbone import InternVLUChatModel, special_token_strings
 from internvlu.runtime.device import torch_dtype as torch_dtype_of
 from internvlu.runtime.conditioning import BRANCHES, Conditioner, Conditioning, full_condition_tiles, splice_thoughts
-from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, read_json
+from internvlu.runtime.config import DecoderConfig, ProcessorConfig, VAEConfig, VLMConfig, built_from, read_json
 from internvlu.runtime.float8_linear import float8_unavailable_reason, use_float8_linears
 from internvlu.runtime.generation_decoder import InternVLUGenerationDecoder
 from internvlu.runtime.mmdit import PreparedBatch
 from internvlu.runtime.onednn_linear import use_onednn_linears
 from internvlu.runtime.processor import InternVLUProcessor, ProcessorOutput
-from internvlu.runtime.sampler import StepCallback, build_scheduler, sample, scheduled_timesteps
+from internvlu.runtime.sampler import StepCallback, build_scheduler, check_scheduler, sample, scheduled_timesteps
 from internvlu.runtime.step_cache import PROFILES, StepCache, off_reason
 from internvlu.runtime.vae import VAE, build_vae, to_uint8_images
 
@@ -130,7 +130,7 @@ class InternVLUPipeline:
         vlm_weights = checkpoint.WeightSource(folders["vlm"], "model")
         if "special_token_embedding.weight" not in vlm_weights:
             raise CheckpointError(f"{folders['vlm']}: missing tensor `special_token_embedding.weight`")
-        with checkpoint.build_empty():
+        with checkpoint.build_empty(), built_from(folders["vlm"] / "config.json"):
             vlm = InternVLUChatModel(vlm_config, vlm_weights.shape("special_token_embedding.weight")[0], attn_implementation)
         tied = vlm.language_model.config.tie_word_embeddings
         quantization = manifest["backbone"].get("quantization", "none") if manifest else "none"
@@ -148,11 +148,14 @@ class InternVLUPipeline:
         checkpoint.ensure_materialized(vlm, folders["vlm"])
 
         with checkpoint.build_empty():
-            decoder = InternVLUGenerationDecoder(decoder_config)
-            vae_model = build_vae(vae_config)
+            with built_from(folders["generation_decoder"] / "config.json"):
+                decoder = InternVLUGenerationDecoder(decoder_config)
+            with built_from(folders["vae"] / "config.json"):
+                vae_model = build_vae(vae_config)
         checkpoint.assign_weights(decoder, checkpoint.WeightSource(folders["generation_decoder"], "model"), dtype)
         checkpoint.assign_weights(vae_model, checkpoint.WeightSource(folders["vae"], "diffusion_pytorch_model"), dtype)
-        build_scheduler(scheduler_config)  # validates the scheduler config now, not at the first image
+        with built_from(folders["scheduler"] / "scheduler_config.json"):
+            check_scheduler(scheduler_config)
 
         processor = InternVLUProcessor.from_pretrained(folders["processor"], template_name=vlm_config.template)
         for module in (vlm, decoder, vae_model):

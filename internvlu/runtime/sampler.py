@@ -27,6 +27,16 @@ def build_scheduler(config: dict) -> DPMSolverMultistepScheduler:
     return DPMSolverMultistepScheduler.from_config(values)
 
 
+def check_scheduler(config: dict) -> None:
+    """Build the scheduler and take three steps on a dummy latent: diffusers accepts configs at construction
+    that fail only in `set_timesteps` or `step` (no training steps, solver order 0, an unknown spacing), and
+    a load should refuse those, not the first image."""
+    scheduler = build_scheduler(config)
+    latents = torch.zeros(1, 1, 1, 1)
+    for t in scheduled_timesteps(scheduler, 3, latents.device):
+        latents = scheduler.step(torch.zeros_like(latents), t, latents, return_dict=False)[0]
+
+
 def scheduled_timesteps(scheduler: DPMSolverMultistepScheduler, num_inference_steps: int,
                         device: torch.device) -> torch.Tensor:
     """Set `scheduler` to `num_inference_steps` and return its timesteps, in order, for `sample` (and for a head
