@@ -208,3 +208,13 @@ def test_hostile_config_values_are_refused_at_load_naming_the_file(ckpt, file, k
     message = load_error(ckpt)
     assert says in message
     assert str(ckpt) in message
+
+
+def test_missing_tokenizer_config_is_named(ckpt):
+    (ckpt / "processor" / "tokenizer_config.json").unlink()
+    assert "missing file" in load_error(ckpt) and "tokenizer_config.json" in load_error(ckpt)
+
+
+def test_corrupt_tokenizer_is_named(ckpt):
+    (ckpt / "processor" / "tokenizer.json").write_text("{garbage")
+    assert f"cannot load the tokenizer from {ckpt / 'processor'}" in load_error(ckpt)

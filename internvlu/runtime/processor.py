@@ -191,10 +191,15 @@ class InternVLUProcessor:
     def from_pretrained(cls, folder: str | Path, template_name: str = "qwen2_5-chat-v3") -> "InternVLUProcessor":
         folder = Path(folder)
         config = ProcessorConfig.from_file(folder / "processor_config.json")
+        # Without it AutoTokenizer looks for a model config.json and says so, which points away from the fix.
+        if not (folder / "tokenizer_config.json").is_file():
+            raise CheckpointError(f"missing file {folder / 'tokenizer_config.json'}; the checkpoint folder is incomplete "
+                                  "(re-download or re-export it)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
         except Exception as exc:  # tokenizers raises bare Exceptions for corrupt files
-            raise CheckpointError(f"cannot load the tokenizer from {folder}: {exc}") from exc
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"cannot load the tokenizer from {folder}: {reason}") from exc
         return cls(tokenizer, config, template_name)
 
     @staticmethod
