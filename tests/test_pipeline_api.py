@@ -105,6 +105,13 @@ def test_prompt_too_long_is_refused(tiny_pipe):
         gen(tiny_pipe, prompt="red " * 400)
 
 
+def test_a_question_beyond_the_language_models_context_is_refused_before_compute(tiny_pipe, test_image, monkeypatch):
+    monkeypatch.setattr(tiny_pipe.vlm, "extract_feature", lambda *a: pytest.fail("the ViT ran"))
+    limit = tiny_pipe.vlm.language_model.config.max_position_embeddings
+    with pytest.raises(UsageError, match=f"reads at most {limit}"):
+        tiny_pipe("why " * limit, image=test_image, generation_mode="text", max_new_tokens=2)
+
+
 def test_chain_of_thought_is_capped_to_fit(tiny_pipe, caplog):
     with caplog.at_level(logging.INFO, logger="internvlu"):
         out = tiny_pipe("a cube " * 25, generation_mode="text_image", height=32, width=32, max_new_tokens=500, do_sample=False, **FAST)

@@ -276,6 +276,7 @@ class InternVLUPipeline:
         _validate_generation_kwargs(generation)
         if generation_mode == "text":
             inputs = self.processor(prompt, image, "text", system_prompt=system_prompt)
+            self._check_prompt_fits_the_language_model(inputs.attention_mask)
             out = self._generate_text(inputs, inputs.input_ids, inputs.attention_mask, generation)
             return InternVLUPipelineOutput(generate_output=out, texts=self._decode(out))
         if generation_mode not in ("image", "text_image"):
@@ -303,6 +304,16 @@ class InternVLUPipeline:
                            self.deduplicate)
 
     # ---- text ----------------------------------------------------------------------------------------
+
+    def _check_prompt_fits_the_language_model(self, attention_mask: torch.Tensor) -> None:
+        """Refuse a question longer than the language model's context: the reference runs it, positions past
+        what the model was trained on and eager attention's memory growing with the square of the length (a
+        15,000-token question to nano was killed for memory on a 24 GiB machine)."""
+        limit = getattr(self.vlm.language_model.config, "max_position_embeddings", None)
+        longest = int(attention_mask.sum(dim=1).max())
+        if limit is not None and longest > limit:
+            raise UsageError(f"the question is too long: {longest} tokens with its images and template, the model "
+                             f"reads at most {limit}; shorten it")
 
     def _generate_text(self, inputs: ProcessorOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        generation: dict, tile_index: torch.Tensor | None = None):

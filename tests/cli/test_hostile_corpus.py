@@ -234,6 +234,8 @@ CASES = [
     Case("prompt-unicode", "prompts", "emoji, right-to-left text and combining marks", gen("🦊 ثعلب e\u0301\u0301 狐"), 0,
          check=_prompt_kept("🦊 ثعلب e\u0301\u0301 狐")),
     Case("prompt-control-characters", "prompts", "NUL, escape and bell characters", gen("a\x00fox\x1b[31m\x07"), 0),
+    Case("question-beyond-context", "prompts", "a question longer than the language model's context",
+         lambda t, m: ["ask", "why " * 5000, "--model", m], 2, ("too long", "reads at most")),
     Case("prompt-not-utf8", "prompts", "bytes that are not UTF-8 (surrogate-escaped)", gen("\udcff\udcfe fox"), 2, ("not valid UTF-8",)),
     # batch
     Case("batch-malformed-json", "batch", "a broken JSON line between good ones",
