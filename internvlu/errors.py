@@ -18,3 +18,10 @@ class CheckpointError(InternVLUError):
 
 class ModelNotFoundError(CheckpointError):
     """A model name that is neither a local folder nor an available Hugging Face repository."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's exception message (transformers and diffusers write paragraphs), for
+    quoting it inside one of ours; empty when the message is."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from internvlu.errors import CheckpointError, InternVLUError
+from internvlu.errors import CheckpointError, InternVLUError, first_line
 
 # Far above the real model (4B) yet small enough to refuse a config that asks for terabytes.
 MAX_COMPONENT_PARAMETERS = 40_000_000_000
@@ -48,8 +48,7 @@ def built_from(path: Path):
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, ZeroDivisionError,
             OverflowError, AssertionError, NotImplementedError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"{path}: unusable config ({type(exc).__name__}: {message}); the file is corrupt or "
+        raise CheckpointError(f"{path}: unusable config ({type(exc).__name__}: {first_line(exc)}); the file is corrupt or "
                               "belongs to another model") from exc
 
 
@@ -109,7 +108,8 @@ def _check_llm_values(llm: dict, source: str) -> None:
                                       or not 0 <= token < llm["vocab_size"]):
                 raise CheckpointError(f"{source}: `llm_config.{key}` = {ids!r} must be a token id below the "
                                       f"vocabulary size {llm['vocab_size']}, or null")
-    if (llm.get("num_experts_per_tok") or 0) > (llm.get("num_experts") or 0) and llm.get("num_experts"):
+    experts = llm.get("num_experts")
+    if experts and (llm.get("num_experts_per_tok") or 0) > experts:
         raise CheckpointError(f"{source}: llm_config.num_experts_per_tok {llm['num_experts_per_tok']} exceeds "
                               f"num_experts {llm['num_experts']}")
     if not isinstance(llm.get("rope_scaling") or {}, dict):
@@ -308,9 +308,7 @@ class DecoderConfig:
         if mmdit.in_channels % mmdit.patch_size**2 or mmdit.out_channels * mmdit.patch_size**2 <= 0:
             raise CheckpointError(f"{source}: in_channels {mmdit.in_channels} is not a multiple of patch_size²")
         for key in ("video_position_scale_factor", "vlm_cond_position_scale_factor", "timestep_scale"):
-            value = getattr(mmdit, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise CheckpointError(f"{source}: `{key}` = {value!r} must be a positive number")
+            _positive_number(getattr(mmdit, key), key, source)
         D = mmdit.inner_dim
         _check_parameter_budget(mmdit.num_layers * (12 * D * D + 2 * 12 * D * D + 16 * D * D), source)
         select = _get(d, "vlm_select_layer", [-1], source, (list, int))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from internvlu.errors import CheckpointError, UsageError
+from internvlu.errors import CheckpointError, UsageError, first_line
 from internvlu.runtime.config import GenerationImageConfig, ProcessorConfig, UnderstandingImageConfig
 
 BASE_SYSTEM_MESSAGE = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
@@ -198,8 +198,7 @@ class InternVLUProcessor:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
         except Exception as exc:  # tokenizers raises bare Exceptions for corrupt files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"cannot load the tokenizer from {folder}: {reason}") from exc
+            raise CheckpointError(f"cannot load the tokenizer from {folder}: {first_line(exc) or type(exc).__name__}") from exc
         return cls(tokenizer, config, template_name)
 
     @staticmethod
