@@ -10,8 +10,9 @@ one uncached frame (that tap as a 2-D kernel: a third of the FLOPs of a 3x3x3 ke
 float rounding); anything else (several frames, cached frames) takes diffusers' 3-D path. The 2-D
 convolutions pad by themselves rather than through a padded copy of the frame (the same sums, 10 % off a
 decode), and in float32 on a CPU run channels-last, oneDNN's native layout (encode 1.33x faster, largest
-difference 8e-6 here); in bfloat16 they keep the default layout, in which the 2-D path gives the 3-D path's
-numbers bit for bit (`use_planar_convolutions`).
+difference 8e-6 here). In half precision on a CPU the 3-D path runs: the 2-D path gave its bits on one CPU
+but moved decoded values by up to 0.012 in bfloat16 on an AMD EPYC, and there the reference's bits are the
+ones to keep (`use_planar_convolutions`).
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def use_planar_convolutions(model: AutoencoderKLQwenImage, enabled: bool, channe
     """Give each causal convolution of `model` the 2-D path for one uncached frame, or take it away (diffusers'
     3-D path everywhere, e.g. to compare against).
 
-    In the default layout the 2-D path gave the 3-D path's numbers bit for bit here, in bfloat16 too.
-    `channels_last` (CPU only; None: for float32 frames) is faster on a 2-core CPU but rounds differently: in
-    bfloat16 it moved 84 % of the decoded values by up to 0.04 (the reference's bits are kept there), in
-    float32 by at most 8e-6. `benchmarks/bench_vae.py` passes it explicitly to compare the layouts."""
+    `channels_last` (CPU only) is faster on a 2-core CPU but rounds differently: in bfloat16 it moved 84 % of
+    the decoded values by up to 0.04, in float32 by at most 8e-6. None is the runtime's choice: channels-last
+    for float32 frames, and for half-precision frames on a CPU no 2-D path at all, whose rounding there
+    depends on the CPU's kernels. `benchmarks/bench_vae.py` passes it explicitly to compare the layouts."""
     for module in model.modules():
         if isinstance(module, QwenImageCausalConv3d):
             vars(module).pop("forward", None)
@@ -60,10 +61,11 @@ def _give_planar_path(conv: QwenImageCausalConv3d, channels_last: bool | None) -
     symmetric = width_left == width_right and height_top == height_bottom
 
     def forward(x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
-        if cache_x is not None or x.shape[2] != 1:
+        on_cpu = x.device.type == "cpu"
+        if cache_x is not None or x.shape[2] != 1 or channels_last is None and on_cpu and x.dtype != torch.float32:
             return volumetric(x, cache_x)
         frame, kernel = x[:, :, 0], conv.weight[:, :, -1]
-        if x.device.type == "cpu" and (x.dtype == torch.float32 if channels_last is None else channels_last):
+        if on_cpu and (x.dtype == torch.float32 if channels_last is None else channels_last):
             frame = frame.contiguous(memory_format=torch.channels_last)
             kernel = kernel.contiguous(memory_format=torch.channels_last)
         else:
