@@ -36,7 +36,7 @@ def test_without_tesseract_the_word_edits_are_skipped_and_the_rest_scored(cli, m
 
 def test_with_tesseract_the_word_edits_are_scored(cli, model_dir, monkeypatch):
     monkeypatch.setattr(score, "tesseract_available", lambda: True)
-    monkeypatch.setattr(score, "read_word", lambda image: "")  # the OCR itself is not what is tested here
+    monkeypatch.setattr(score, "read_words", lambda images: [""] * len(images))  # the OCR itself is not what is tested here
     result = cli("eval", "--model", model_dir, *SMALL, "--tasks", "edit")
     assert result.code == 0, result
     (report,) = result.json_lines()
@@ -45,11 +45,11 @@ def test_with_tesseract_the_word_edits_are_scored(cli, model_dir, monkeypatch):
 
 
 def test_a_task_that_fails_late_keeps_the_scores_of_the_others(cli, model_dir, monkeypatch):
-    def broken(image):
+    def broken(images):
         raise RuntimeError("tesseract crashed")
 
     monkeypatch.setattr(score, "tesseract_available", lambda: True)
-    monkeypatch.setattr(score, "read_word", broken)
+    monkeypatch.setattr(score, "read_words", broken)
     result = cli("eval", "--model", model_dir, *SMALL, "--tasks", "t2i,words,qa", "--out-dir", "ev")
     assert result.code == 1, result
     (report,) = result.json_lines()

@@ -1,10 +1,11 @@
 """The pixel scorer reads ground-truth renders correctly, so its numbers on generated images mean something."""
 
+import os
 import random
 from dataclasses import replace
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from internvlu.train import score, world
 
@@ -84,8 +85,8 @@ def test_edit_success_accepts_the_target_and_rejects_the_source():
         if edit.kind == "word":
             continue
         total += 1
-        accepted += score.edit_success(edit, source, world.render(edit.target))
-        rejected += not score.edit_success(edit, source, world.render(source))
+        accepted += score.edit_successes([(source, edit)], [world.render(edit.target)])[0]
+        rejected += not score.edit_successes([(source, edit)], [world.render(source)])[0]
     assert accepted >= 0.95 * total and rejected == total
 
 
@@ -105,8 +106,32 @@ def test_preservation_psnr_ignores_the_edited_region():
 def test_ocr_reads_most_ground_truth_words():
     rng = random.Random(6)
     scenes = [world.random_scene(rng, "word") for _ in range(20)]
-    assert sum(score.read_word(world.render(s)) == s.word for s in scenes) >= 19
-    assert score.read_word(Image.new("RGB", (64, 64), "white")) == ""
+    assert sum(r == s.word for r, s in zip(score.read_words([world.render(s) for s in scenes]), scenes)) >= 19
+    assert score.read_words([Image.new("RGB", (64, 64), "white")]) == [""]
+
+
+@pytest.mark.skipif(not score.tesseract_available(), reason="tesseract is not installed")
+def test_a_word_read_among_others_reads_as_it_does_alone():
+    """One Tesseract process reads a whole list; a blank image, noise and a blurred word in the list shift
+    no reading onto its neighbour."""
+    rng = random.Random(7)
+    images = [world.render(world.random_scene(rng, "word")) for _ in range(8)]
+    images[2] = Image.new("RGB", (64, 64), "white")
+    images[5] = Image.effect_noise((64, 64), 90).convert("RGB")
+    images[6] = images[6].filter(ImageFilter.GaussianBlur(1.5))
+    assert score.read_words(images) == [score.read_words([image])[0] for image in images]
+    assert score.read_words([]) == []
+
+
+def test_a_broken_tesseract_is_named_with_its_own_words(tmp_path, monkeypatch):
+    fake = tmp_path / "tesseract"
+    fake.write_text("#!/bin/sh\necho 'Error opening data file /usr/share/tessdata/eng.traineddata' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(RuntimeError) as raised:
+        score.read_words([world.render(world.random_scene(random.Random(8), "word"))])
+    message = str(raised.value)
+    assert "\n" not in message and "eng.traineddata" in message and "tesseract --list-langs" in message
 
 
 @pytest.mark.slow
@@ -114,13 +139,10 @@ def test_ocr_reads_most_ground_truth_words():
 def test_ocr_reads_nearly_every_word_at_every_size():
     """Every word of the world, on every background and texture, at every trained size (down to 48 px wide)."""
     rng = random.Random(16)
-    read = total = 0
-    for index, word in enumerate(world.WORDS * 5):
-        width, height = world.IMAGE_SIZES[index % len(world.IMAGE_SIZES)]
-        scene = replace(world.random_scene(rng, "word"), word=word)
-        read += score.read_word(world.render(scene, width, height)) == word
-        total += 1
-    assert read >= 0.95 * total
+    words = world.WORDS * 5
+    images = [world.render(replace(world.random_scene(rng, "word"), word=word), *world.IMAGE_SIZES[index % len(world.IMAGE_SIZES)])
+              for index, word in enumerate(words)]
+    assert sum(r == word for r, word in zip(score.read_words(images), words)) >= 0.95 * len(words)
 
 
 def test_answers_are_compared_without_case_or_punctuation():
