@@ -1,5 +1,6 @@
 """Shared fixtures: the official recordings (copied from ../shared/golden into tests/fixtures/golden so a
-user's clone runs the suite too) and the tiny pipeline loaded once per session in float32."""
+user's clone runs the suite too), the tiny pipeline loaded once per session in float32, and the command line
+run in-process."""
 
 import json
 import os
@@ -9,6 +10,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from internvlu.cli.app import app
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 IMAGE_CASES = ("image_t2i", "image_edit", "text_image_t2i", "text_image_edit")
@@ -95,3 +99,28 @@ def assert_answer_stops_where_generation_stops(pipe, out, max_new_tokens: int) -
         else:
             assert set(row[stop + 1:]) <= {pipe.processor.token_ids.pad}, row
     assert out.texts == pipe.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+class Result:
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    def json_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code}\nstdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-2000:]}>"
+
+
+@pytest.fixture
+def cli():
+    """Run the command line in-process: cli("gen", "a fox", ...) -> Result."""
+    runner = CliRunner()
+
+    def invoke(*args, input: str | None = None) -> Result:
+        result = runner.invoke(app, [str(a) for a in args], input=input)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+    return invoke

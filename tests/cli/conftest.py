@@ -1,5 +1,5 @@
-"""CLI test fixtures: the golden tiny checkpoint copied to a temp folder, isolated user folders, and
-typer's CliRunner running the command line in-process (helpers.py runs it as a real process)."""
+"""CLI test fixtures: the golden tiny checkpoint copied to a temp folder and isolated user folders (the
+in-process `cli` runner is in the top conftest; helpers.py runs the command line as a real process)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from internvlu.cli.app import app
-
-from .helpers import GOLDEN, Result
+from .helpers import GOLDEN
 
 
 @pytest.fixture(scope="session")
@@ -40,20 +37,6 @@ def user_dirs(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
     return {"home": home, "config": config, "hub": hub}
-
-
-@pytest.fixture
-def cli():
-    """Run the command line in-process: cli("gen", "a fox", ...) -> Result."""
-    runner = CliRunner()
-
-    def invoke(*args, input: str | None = None) -> Result:
-        result = runner.invoke(app, [str(a) for a in args], input=input)
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return Result(result.exit_code, result.stdout, result.stderr)
-
-    return invoke
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import struct
@@ -13,21 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from conftest import GOLDEN
+from conftest import GOLDEN, Result
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--size", "64x64", "--steps", "2"]  # every generation in these tests is this small
-
-
-class Result:
-    def __init__(self, code: int, stdout: str, stderr: str):
-        self.code, self.stdout, self.stderr = code, stdout, stderr
-
-    def json_lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
-
-    def __repr__(self) -> str:
-        return f"<exit {self.code}\nstdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-2000:]}>"
 
 
 def subprocess_env(**extra: str) -> dict:

@@ -8,6 +8,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 
 from .helpers import FAST, GOLDEN, one_line_error, pixels, run_cli
 
@@ -88,25 +89,24 @@ def _umask() -> int:
     (lambda m: m["backbone"].update(bitsandbytes="0.1.0"), "quantized with bitsandbytes 0.1.0"),
     (lambda m: m.pop("artifacts"), "`artifacts` is missing"),
 ])
-def test_a_manifest_that_does_not_fit_is_refused(exported, tmp_path, change, fragment):
+def test_a_manifest_that_does_not_fit_is_refused(exported, tmp_path, cli, change, fragment):
     out, _ = exported
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     change(manifest)
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    result = run_cli("gen", "a red circle", "--model", copy, *FAST, "-o", tmp_path / "x.png", timeout=120)
-    assert result.returncode != 0
+    result = cli("gen", "a red circle", "--model", copy, *FAST, "-o", tmp_path / "x.png")
+    assert result.code != 0
     one_line_error(result, fragment)
 
 
-def test_export_refuses_a_non_empty_folder_and_keeps_it(tmp_path):
-
+def test_export_refuses_a_non_empty_folder_and_keeps_it(tmp_path, cli):
     target = tmp_path / "taken"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    result = run_cli("export", GOLDEN / "tiny_pipeline", "--backbone", "int4", "--out", target, timeout=120)
-    assert result.returncode == 2
+    result = cli("export", GOLDEN / "tiny_pipeline", "--backbone", "int4", "--out", target)
+    assert result.code == 2
     one_line_error(result, str(target), "--overwrite")
     assert (target / "keep.txt").read_text() == "mine"
 
@@ -123,26 +123,18 @@ def test_an_int4_export_draws_and_an_export_of_an_export_is_refused(exported, tm
     one_line_error(again, "is itself an export")
 
 
-def test_tensorrt_without_a_gpu_says_where_to_build(tmp_path):
-
-    result = run_cli("export", GOLDEN / "tiny_pipeline", "--head", "trt", "--out", tmp_path / "trt", timeout=120)
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except ImportError:
-        has_gpu = False
-    if has_gpu:
+def test_tensorrt_without_a_gpu_says_where_to_build(tmp_path, cli):
+    if torch.cuda.is_available():
         pytest.skip("a GPU is present: benchmarks/bench_tensorrt.py checks the engine there")
-    assert result.returncode == 2 and not (tmp_path / "trt").exists()
+    result = cli("export", GOLDEN / "tiny_pipeline", "--head", "trt", "--out", tmp_path / "trt")
+    assert result.code == 2 and not (tmp_path / "trt").exists()
     one_line_error(result, "--head trt", "GPU")
 
 
-def test_backend_onnx_on_a_plain_checkpoint_says_how_to_export(tmp_path):
-
-    result = run_cli("gen", "a red circle", "--model", GOLDEN / "tiny_pipeline", *FAST, "--backend", "onnx",
-                     "-o", tmp_path / "a.png", timeout=120)
-    assert result.returncode == 2
+def test_backend_onnx_on_a_plain_checkpoint_says_how_to_export(tmp_path, cli):
+    result = cli("gen", "a red circle", "--model", GOLDEN / "tiny_pipeline", *FAST, "--backend", "onnx",
+                 "-o", tmp_path / "a.png")
+    assert result.code == 2
     one_line_error(result, "internvlu export MODEL --head onnx")
 
 

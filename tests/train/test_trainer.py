@@ -15,7 +15,6 @@ from internvlu.train import losses, nano, score, world
 from internvlu.train.__main__ import main as train_main
 from internvlu.train.ema import WeightAverage
 from internvlu.train.trainer import PROBE_STEPS, Run, Stage, WeakVAE, _seeded, scaled_batches
-from tests.cli.helpers import run_cli
 
 NANO = Path(nano.__file__).parents[1] / "models" / "nano"
 
@@ -271,19 +270,19 @@ def test_the_training_command_refuses_a_non_empty_output(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
-def test_eval_command_scores_a_model_and_writes_its_report(short_run, tmp_path):
+def test_eval_command_scores_a_model_and_writes_its_report(short_run, tmp_path, cli):
     _, out, _ = short_run
     args = ["eval", "--model", out, "--prompts", "2", "--steps", "1", "--batch", "2", "--tasks", "t2i,qa,edit",
             "--out-dir", tmp_path / "ev", "-q"]
-    done = run_cli(*args, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = cli(*args)
+    assert done.code == 0, done
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["t2i"]["prompts"] == 2 and 0 <= report["t2i"]["attribute_mean"] <= 1
     assert 0 <= report["qa"]["accuracy"] <= 1 and "edit_success" in report["edit"]
     assert report["t2i"]["scorer_on_ground_truth"] >= 0.5
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["qa"] == report["qa"]
     assert (tmp_path / "ev" / "samples.png").stat().st_size > 0
-    again = run_cli(*args, timeout=300)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
-    wrong = run_cli("eval", "--tasks", "paint", "--model", out)
-    assert wrong.returncode == 2 and "unknown task" in wrong.stderr
+    again = cli(*args)
+    assert again.code == 2 and "--overwrite" in again.stderr
+    wrong = cli("eval", "--tasks", "paint", "--model", out)
+    assert wrong.code == 2 and "unknown task" in wrong.stderr
