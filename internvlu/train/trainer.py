@@ -335,7 +335,8 @@ class Run:
             if (total is None or done < total) and time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
                 self._checkpoint(pipe, optimizer, parameters, average, stage, done)
                 last_checkpoint = time.perf_counter()
-        if stage.name == "vae" and not (self.progress["vae_gate"] or {}).get("passed"):
+        gate = self.progress["vae_gate"] or {}
+        if stage.name == "vae" and not gate.get("passed") and gate.get("step") != step:
             self._vae_gate(pipe, average, step)  # the final verdict, which also picks the weights shipped
         average.copy_to_model()
         if stage.name == "vae":
