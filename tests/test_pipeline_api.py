@@ -105,6 +105,21 @@ def test_prompt_too_long_is_refused(tiny_pipe):
         gen(tiny_pipe, prompt="red " * 400)
 
 
+def test_a_prompt_beyond_the_tokenizers_length_gets_our_refusal_without_its_warning(tiny_pipe):
+    """The tokenizer warned of "indexing errors" past its model_max_length, a limit that is not the one refused."""
+    heard = []
+    listener = logging.Handler()
+    listener.emit = heard.append
+    library = logging.getLogger("transformers")
+    library.addHandler(listener)
+    try:
+        with pytest.raises(UsageError, match="too long"):
+            gen(tiny_pipe, prompt="red " * (tiny_pipe.tokenizer.model_max_length + 1))
+    finally:
+        library.removeHandler(listener)
+    assert [r.getMessage() for r in heard if r.levelno >= logging.WARNING] == []
+
+
 def test_a_question_beyond_the_language_models_context_is_refused_before_compute(tiny_pipe, test_image, monkeypatch):
     monkeypatch.setattr(tiny_pipe.vlm, "extract_feature", lambda *a: pytest.fail("the ViT ran"))
     limit = tiny_pipe.vlm.language_model.config.max_position_embeddings

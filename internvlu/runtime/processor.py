@@ -225,7 +225,10 @@ class InternVLUProcessor:
     # -- tokenisation -------------------------------------------------------------------------------
 
     def _tokenise(self, text: str, split_special_tokens: bool) -> tuple[int, ...]:
-        return tuple(self.tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens)["input_ids"])
+        # verbose=False: past its model_max_length the tokenizer warns of "indexing errors", while the limits that
+        # apply (the conditioning length, the language model's context) are checked and refused by name later.
+        return tuple(self.tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens,
+                                    verbose=False)["input_ids"])
 
     def _encode_trusted(self, text: str) -> list[int]:
         return list(self._tokenised(text, False)) if text else []
