@@ -188,12 +188,14 @@ def preset_files() -> dict[str, PresetFile]:
     return found
 
 
-def load_preset(name: str) -> dict:
-    """The validated settings of preset `name` (without its description)."""
+def load_preset(name: str, named_in: str | None = None) -> dict:
+    """The validated settings of preset `name` (without its description); `named_in` says which file asked
+    for it, when a file did."""
     files = preset_files()
     if name not in files:
         hint = f"; available: {', '.join(sorted(files))}" if files else ""
-        raise UsageError(f"unknown preset {name!r}{hint} (user presets go in {user_presets_dir()})")
+        where = f" named in {named_in}" if named_in else ""
+        raise UsageError(f"unknown preset {name!r}{where}{hint} (user presets go in {user_presets_dir()})")
     data = validate(read_json_object(files[name].path), f"preset {name!r} ({files[name].path})")
     data.pop("description", None)
     return data

@@ -238,6 +238,10 @@ def test_bad_config_file(cli, model_dir, user_dirs):
     result = gen(cli, model_dir)
     assert result.code == 2
     one_line_error(result, "not valid JSON")
+    (user_dirs["config"] / "config.json").write_text(json.dumps({"preset": "warp-speed"}))
+    result = gen(cli, model_dir)
+    assert result.code == 2
+    one_line_error(result, "unknown preset 'warp-speed' named in", "config.json", "available: balanced")
 
 
 def test_debug_adds_the_traceback(cli, model_dir):
