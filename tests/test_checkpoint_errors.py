@@ -198,6 +198,12 @@ HOSTILE_CONFIG_VALUES = [
     ("generation_decoder/config.json", "decoder_config.axes_dims_rope", 5, "generation_decoder/config.json: unusable config"),
     ("generation_decoder/config.json", "vlm_select_layer", None, "`vlm_select_layer` is null"),
     ("processor/processor_config.json", "image_processor_kwargs.rescale_factor", 0, "rescale_factor"),
+    # Checked against the weights before building: a million small vision layers fit the parameter budget.
+    ("vlm/config.json", "vision_config.num_hidden_layers", 10**4, "`vision_config.num_hidden_layers` is 10000, but"),
+    ("vlm/config.json", "llm_config.num_hidden_layers", 3, "holds 2 layers `language_model.model.layers.N`"),
+    ("generation_decoder/config.json", "decoder_config.num_layers", 10**4, "holds 2 layers `decoder.transformer_blocks.N`"),
+    # A minimum above the maximum scaled every condition image up to it (the fuzz's 10^6 asked for 64M pixels).
+    ("processor/processor_config.json", "image_gen_processor_kwargs.min_dynamic_patch", 10**6, "min_dynamic_patch 1000000 must"),
 ]
 
 

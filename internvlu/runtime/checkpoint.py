@@ -157,6 +157,20 @@ class WeightSource(Mapping):
         return {name for name, file in self._files.items() if file == path and self.dtype_name(name) in FLOAT_DTYPES}
 
 
+def check_layer_counts(weights: WeightSource, config_file: Path, counts: dict[str, tuple[str, int]]) -> None:
+    """Refuse, before anything is built, a config whose stacks of layers (`counts`: weight-name prefix ->
+    (config key, layers asked for)) are not the ones the weights hold. Building is what a hostile count costs:
+    a million-layer vision tower of small layers fits the parameter budget and took minutes to construct
+    before the weights could disagree with it."""
+    for prefix, (key, asked) in counts.items():
+        held = {name[len(prefix):].split(".", 1)[0] for name in weights if name.startswith(prefix)}
+        indices = {int(index) for index in held if index.isdigit()}
+        layers = max(indices) + 1 if indices else 0
+        if asked != layers:
+            raise CheckpointError(f"{config_file}: `{key}` is {asked}, but {weights.folder} holds {layers} layers "
+                                  f"`{prefix}N`; the checkpoint does not match its config")
+
+
 @contextmanager
 def build_empty() -> Iterator[None]:
     """Construct modules without allocating or initialising their parameters."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from internvlu.errors import CheckpointError, InternVLUError, first_line
+from internvlu.limits import MAX_SIDE
 
 # Far above the real model (4B) yet small enough to refuse a config that asks for terabytes.
 MAX_COMPONENT_PARAMETERS = 40_000_000_000
@@ -402,6 +403,14 @@ class ProcessorConfig:
             raise CheckpointError(f"{source}: gen_down_sample_ratio {ratio!r} gives no merge size (expected 0.5)")
         patch = _positive(gen.get("vae_downsample_factor", 8), "vae_downsample_factor", source, 64)
         max_length = gen.get("max_length")
+        min_patches = _positive(gen.get("min_dynamic_patch", 4096), "min_dynamic_patch", source)
+        max_patches = _positive(gen.get("max_dynamic_patch", 16384), "max_dynamic_patch", source)
+        # The resize meets the maximum first and the minimum only below it, so a minimum above the maximum
+        # scales every small condition image up to it: past MAX_SIDE squared no input of this tool is that
+        # large, and the reference allocated such a tensor until memory ran out.
+        if min_patches > max_patches or min_patches * patch * patch > MAX_SIDE**2:
+            raise CheckpointError(f"{source}: min_dynamic_patch {min_patches} must be at most max_dynamic_patch "
+                                  f"{max_patches} and at most {MAX_SIDE**2 // (patch * patch)} ({MAX_SIDE}x{MAX_SIDE} pixels)")
         generation = GenerationImageConfig(
             image_mean=_triple(gen.get("image_mean", clip_mean), "image_gen_processor_kwargs.image_mean", source),
             image_std=_triple(gen.get("image_std", clip_std), "image_gen_processor_kwargs.image_std", source, nonzero=True),
@@ -409,8 +418,8 @@ class ProcessorConfig:
                                             source),
             vae_downsample_factor=patch,
             merge_size=int(1.0 / ratio),
-            min_pixels=_positive(gen.get("min_dynamic_patch", 4096), "min_dynamic_patch", source) * patch * patch,
-            max_pixels=_positive(gen.get("max_dynamic_patch", 16384), "max_dynamic_patch", source) * patch * patch,
+            min_pixels=min_patches * patch * patch,
+            max_pixels=max_patches * patch * patch,
             max_length=None if max_length is None else _positive(max_length, "max_length", source),
         )
         return cls(

@@ -128,6 +128,12 @@ class InternVLUPipeline:
         _check_consistency(vlm_config, decoder_config, vae_config, processor_config, root)
 
         vlm_weights = checkpoint.WeightSource(folders["vlm"], "model")
+        decoder_weights = checkpoint.WeightSource(folders["generation_decoder"], "model")
+        checkpoint.check_layer_counts(vlm_weights, folders["vlm"] / "config.json", {
+            "vision_model.encoder.layers.": ("vision_config.num_hidden_layers", vlm_config.vision.num_hidden_layers),
+            "language_model.model.layers.": ("llm_config.num_hidden_layers", vlm_config.llm_num_layers)})
+        checkpoint.check_layer_counts(decoder_weights, folders["generation_decoder"] / "config.json", {
+            "decoder.transformer_blocks.": ("decoder_config.num_layers", decoder_config.mmdit.num_layers)})
         if "special_token_embedding.weight" not in vlm_weights:
             raise CheckpointError(f"{folders['vlm']}: missing tensor `special_token_embedding.weight`")
         with checkpoint.build_empty(), built_from(folders["vlm"] / "config.json"):
@@ -152,7 +158,7 @@ class InternVLUPipeline:
                 decoder = InternVLUGenerationDecoder(decoder_config)
             with built_from(folders["vae"] / "config.json"):
                 vae_model = build_vae(vae_config)
-        checkpoint.assign_weights(decoder, checkpoint.WeightSource(folders["generation_decoder"], "model"), dtype)
+        checkpoint.assign_weights(decoder, decoder_weights, dtype)
         checkpoint.assign_weights(vae_model, checkpoint.WeightSource(folders["vae"], "diffusion_pytorch_model"), dtype)
         with built_from(folders["scheduler"] / "scheduler_config.json"):
             check_scheduler(scheduler_config)
