@@ -96,6 +96,10 @@ VARIANTS: dict[str, tuple[dict, list[tuple[str, Edit]]]] = {
     "vae-shape": ({"vae_base_dim": 16, "vae_res_blocks": 2}, []),
     "latent-stats": ({}, [_set("vae/config.json", latents_mean=[0.1 * i - 0.8 for i in range(16)],
                                latents_std=[0.5 + 0.1 * i for i in range(16)])]),
+    "resample-bilinear": ({}, [_set(PROCESSOR, image_processor_kwargs__resample=2, image_gen_processor_kwargs__resample=2)]),
+    "resample-nearest-lanczos": ({}, [_set(PROCESSOR, image_processor_kwargs__resample=0, image_gen_processor_kwargs__resample=1)]),
+    "no-normalize": ({}, [_set(PROCESSOR, image_processor_kwargs__do_normalize=False, image_gen_processor_kwargs__do_normalize=False)]),
+    "no-rescale": ({}, [_set(PROCESSOR, image_processor_kwargs__do_rescale=False, image_gen_processor_kwargs__do_rescale=False)]),
 }
 # Variants and calls where ours departs from the official on purpose (README, "Where we differ from the
 # reference on purpose"): a disagreement there is expected, not a regression.

@@ -21,6 +21,10 @@ from internvlu.limits import MAX_SIDE
 
 # Far above the real model (4B) yet small enough to refuse a config that asks for terabytes.
 MAX_COMPONENT_PARAMETERS = 40_000_000_000
+# PIL's filter codes, as processor configs name them.
+PIL_BICUBIC = 3
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+TENSOR_FILTERS = (0, 1, 2, 3)
 MAX_DIMENSION = 1 << 20
 
 SUPPORTED_LLM_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", "Qwen3MoeForCausalLM")
@@ -345,6 +349,9 @@ class UnderstandingImageConfig:
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     rescale_factor: float
+    resample: int = PIL_BICUBIC  # a PIL filter code, which the reference maps to torch's resize modes
+    do_rescale: bool = True
+    do_normalize: bool = True
 
 
 @dataclass(frozen=True)
@@ -357,6 +364,9 @@ class GenerationImageConfig:
     min_pixels: int
     max_pixels: int
     max_length: int | None
+    resample: int = PIL_BICUBIC
+    do_rescale: bool = True
+    do_normalize: bool = True
 
     @property
     def factor(self) -> int:
@@ -386,6 +396,9 @@ class ProcessorConfig:
             image_mean=_triple(und.get("image_mean", clip_mean), "image_mean", source),
             image_std=_triple(und.get("image_std", clip_std), "image_std", source, nonzero=True),
             rescale_factor=_positive_number(und.get("rescale_factor", 1 / 255), "image_processor_kwargs.rescale_factor", source),
+            # torch resizes tensors with these four of PIL's filters only; the reference fails on box and hamming
+            resample=_resample(und, "image_processor_kwargs", source, TENSOR_FILTERS),
+            **_image_steps(und, "image_processor_kwargs", source),
         )
         gen_class = d.get("image_gen_processor_class")
         if gen_class != "InternVLUDynamicResGenerationImageProcessor":
@@ -412,6 +425,8 @@ class ProcessorConfig:
             raise CheckpointError(f"{source}: min_dynamic_patch {min_patches} must be at most max_dynamic_patch "
                                   f"{max_patches} and at most {MAX_SIDE**2 // (patch * patch)} ({MAX_SIDE}x{MAX_SIDE} pixels)")
         generation = GenerationImageConfig(
+            resample=_resample(gen, "image_gen_processor_kwargs", source, PIL_FILTERS),
+            **_image_steps(gen, "image_gen_processor_kwargs", source),
             image_mean=_triple(gen.get("image_mean", clip_mean), "image_gen_processor_kwargs.image_mean", source),
             image_std=_triple(gen.get("image_std", clip_std), "image_gen_processor_kwargs.image_std", source, nonzero=True),
             rescale_factor=_positive_number(gen.get("rescale_factor", 1 / 255), "image_gen_processor_kwargs.rescale_factor",
@@ -427,6 +442,22 @@ class ProcessorConfig:
             understanding=understanding,
             generation=generation,
         )
+
+
+def _resample(kwargs: dict, group: str, source: str, allowed) -> int:
+    value = kwargs.get("resample", PIL_BICUBIC)
+    if not isinstance(value, int) or value not in allowed:  # Python, like the reference, reads a JSON true as 1
+        names = ", ".join(f"{code} ({PIL_FILTERS[code]})" for code in allowed)
+        raise CheckpointError(f"{source}: {group}.resample {value!r} is not one of {names}")
+    return int(value)
+
+
+def _image_steps(kwargs: dict, group: str, source: str) -> dict[str, bool]:
+    """The switches of the reference's image processors that we follow (its resize is always on here)."""
+    if "do_resize" in kwargs and not kwargs["do_resize"]:
+        raise CheckpointError(f"{source}: {group}.do_resize false is unsupported (every image is resized to the "
+                              "model's sizes); set it to true")
+    return {"do_rescale": bool(kwargs.get("do_rescale", True)), "do_normalize": bool(kwargs.get("do_normalize", True))}
 
 
 def _triple(value: Any, key: str, source: str, nonzero: bool = False) -> tuple[float, float, float]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -100,15 +101,39 @@ def round_to_bfloat16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(torch.float32)
 
 
+# PIL filter code -> torch resize mode, as transformers maps them for its tensor image processors.
+TENSOR_RESIZE_MODES = {0: "nearest-exact", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+
+
+def resize_uint8(pixels: torch.Tensor, size: tuple[int, int], resample: int) -> torch.Tensor:
+    """torchvision's resize of a [1, 3, h, w] uint8 CPU tensor, as the reference's image processor calls it:
+    antialiased except nearest; in uint8 where torch has a uint8 kernel (bilinear only on AVX2/AVX512 and
+    ARM), elsewhere in float32, rounded back."""
+    mode = TENSOR_RESIZE_MODES[resample]
+    smooth = mode != "nearest-exact"
+    in_uint8 = mode != "bilinear" or (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+                                      or platform.machine() in ("aarch64", "arm64"))
+    resized = F.interpolate(pixels if in_uint8 else pixels.float(), size=size, mode=mode,
+                            align_corners=False if smooth else None, antialias=smooth)
+    return resized if in_uint8 else resized.round().to(torch.uint8)
+
+
 def understanding_tile(image: Image.Image, cfg: UnderstandingImageConfig) -> torch.Tensor:
-    """One [3, H, W] tile for InternViT: uint8 antialiased bicubic resize, then normalisation."""
+    """One [3, H, W] tile for InternViT: uint8 antialiased resize, then rescaling and normalisation (fused
+    into one, as the reference's fast image processor does when both are on)."""
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)[None]
     if pixels.shape[-2:] != (cfg.height, cfg.width):
-        pixels = F.interpolate(pixels, size=(cfg.height, cfg.width), mode="bicubic", align_corners=False, antialias=True)
-    mean = torch.tensor([m / cfg.rescale_factor for m in cfg.image_mean], dtype=torch.float64).float()
-    std = torch.tensor([s / cfg.rescale_factor for s in cfg.image_std], dtype=torch.float64).float()
-    tile = (pixels[0].float() - mean[:, None, None]) / std[:, None, None]
-    return round_to_bfloat16(tile)
+        pixels = resize_uint8(pixels, (cfg.height, cfg.width), cfg.resample)
+    tile = pixels[0]
+    if cfg.do_normalize:
+        mean = torch.tensor(cfg.image_mean, dtype=torch.float32)
+        std = torch.tensor(cfg.image_std, dtype=torch.float32)
+        if cfg.do_rescale:  # the factor folded into the statistics, in float32
+            mean, std = mean * (1.0 / cfg.rescale_factor), std * (1.0 / cfg.rescale_factor)
+        tile = (tile.float() - mean[:, None, None]) / std[:, None, None]
+    elif cfg.do_rescale:
+        tile = tile * cfg.rescale_factor
+    return round_to_bfloat16(tile.float())
 
 
 def smart_resize(height: int, width: int, cfg: GenerationImageConfig) -> tuple[int, int]:
@@ -144,15 +169,18 @@ def condition_image(image: Image.Image, cfg: GenerationImageConfig) -> torch.Ten
     image = image.convert("RGB")
     h_bar, w_bar = smart_resize(image.height, image.width, cfg)
     if (image.width, image.height) != (w_bar, h_bar):
-        image = image.resize((w_bar, h_bar), Image.Resampling.BICUBIC)
+        image = image.resize((w_bar, h_bar), Image.Resampling(cfg.resample))
     x = normalise_condition(np.asarray(image, dtype=np.uint8), cfg)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def normalise_condition(pixels: np.ndarray, cfg: GenerationImageConfig) -> np.ndarray:
-    """uint8 [..., 3] RGB -> the float32 values a VAE-condition image holds (rescaled, then normalised)."""
-    x = (pixels.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
-    return (x - np.asarray(cfg.image_mean, dtype=np.float32)) / np.asarray(cfg.image_std, dtype=np.float32)
+    """uint8 [..., 3] RGB -> the float32 values a VAE-condition image holds (rescaled in float64, then
+    normalised in float32, as the reference's numpy image processor does; either step may be switched off)."""
+    x = (pixels.astype(np.float64) * cfg.rescale_factor).astype(np.float32) if cfg.do_rescale else pixels.astype(np.float32)
+    if cfg.do_normalize:
+        x = (x - np.asarray(cfg.image_mean, dtype=np.float32)) / np.asarray(cfg.image_std, dtype=np.float32)
+    return x
 
 
 def normalize_prompt(text: str, num_images: int) -> str:
