@@ -62,6 +62,7 @@ def test_without_uint8_bilinear_kernels_the_resize_runs_in_float32_and_rounds(mo
     ("image_gen_processor_kwargs", {"resample": 9}, "image_gen_processor_kwargs.resample 9 is not one of"),
     ("image_processor_kwargs", {"do_resize": False}, "image_processor_kwargs.do_resize false is unsupported"),
     ("image_gen_processor_kwargs", {"do_resize": False}, "image_gen_processor_kwargs.do_resize false is unsupported"),
+    ("image_processor_kwargs", {"do_center_crop": True, "crop_size": {"height": 24, "width": 24}}, "do_center_crop is unsupported"),
 ])
 def test_a_filter_or_switch_we_cannot_follow_is_refused_naming_the_key(tmp_path, group, change, says):
     config = processor_config("bicubic")

@@ -390,6 +390,9 @@ class ProcessorConfig:
         if not isinstance(size, dict) or "height" not in size or "width" not in size:
             raise CheckpointError(f"{source}: image_processor_kwargs.size must be {{'height': H, 'width': W}}")
         clip_mean, clip_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+        if und.get("do_center_crop"):  # the official would crop the resized tile to crop_size
+            raise CheckpointError(f"{source}: image_processor_kwargs.do_center_crop is unsupported (the vision tower "
+                                  "takes the whole resized image); set it to null")
         understanding = UnderstandingImageConfig(
             height=_positive(size["height"], "size.height", source, 8192),
             width=_positive(size["width"], "size.width", source, 8192),
