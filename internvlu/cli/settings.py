@@ -57,7 +57,9 @@ def flag_layer(names: Mapping[str, str] = FLAGS, source: str = COMMAND_LINE, **f
 
 def preset_layer(name: str, source: str | None = None, named_in: Path | None = None) -> Layer:
     """Preset `name` as a layer; `source` is how messages name it, `named_in` the file that asked for it."""
-    return Layer(source or f"preset {name!r}", presets.load_preset(name, str(named_in) if named_in else None))
+    if source is None:
+        source = f"preset {name!r} (named in {named_in.name})" if named_in else f"preset {name!r}"
+    return Layer(source, presets.load_preset(name, named_in))
 
 
 def layers(config: dict, flags: Layer, named_presets: Sequence[Layer] = (), recipe: Layer | None = None,
@@ -70,7 +72,7 @@ def layers(config: dict, flags: Layer, named_presets: Sequence[Layer] = (), reci
 
     found = []
     if config.get("preset"):
-        found.append(shaped(preset_layer(config["preset"], f"preset {config['preset']!r} (named in config.json)", config_path())))
+        found.append(shaped(preset_layer(config["preset"], named_in=config_path())))
     found.append(shaped(Layer(f"config file {config_path()}", {k: v for k, v in config.items() if k in SETTING_KEYS})))
     if recipe is not None:
         found.append(recipe)

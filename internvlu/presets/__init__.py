@@ -188,7 +188,7 @@ def preset_files() -> dict[str, PresetFile]:
     return found
 
 
-def load_preset(name: str, named_in: str | None = None) -> dict:
+def load_preset(name: str, named_in: Path | None = None) -> dict:
     """The validated settings of preset `name` (without its description); `named_in` says which file asked
     for it, when a file did."""
     files = preset_files()
