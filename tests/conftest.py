@@ -2,6 +2,7 @@
 user's clone runs the suite too), the tiny pipeline loaded once per session in float32, and the command line
 run in-process."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from internvlu.cli.app import app
@@ -38,6 +39,38 @@ def golden_json(name: str) -> dict:
 def golden_list(tensors: dict, prefix: str) -> list[torch.Tensor]:
     count = sum(1 for k in tensors if k.startswith(prefix + "."))
     return [tensors[f"{prefix}.{i}"] for i in range(count)]
+
+
+def shard_weights(folder: Path, stem: str = "model") -> list[str]:
+    """Split `folder/stem.safetensors` into two shards and an index, as transformers saves large weights;
+    returns the shard file names."""
+    tensors = load_file(str(folder / f"{stem}.safetensors"))
+    names = sorted(tensors)
+    files = [f"{stem}-0000{i}-of-00002.safetensors" for i in (1, 2)]
+    halves = (names[: len(names) // 2], names[len(names) // 2:])
+    for file, part in zip(files, halves):
+        save_file({n: tensors[n] for n in part}, str(folder / file))
+    (folder / f"{stem}.safetensors").unlink()
+    index = {"weight_map": {n: file for file, part in zip(files, halves) for n in part}}
+    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index))
+    return files
+
+
+def hub_snapshot(source: Path, repo: Path, commit: str) -> Path:
+    """`source` laid out as huggingface_hub downloads it into `repo` (`models--owner--name`): each file's bytes
+    in `blobs/<sha256>`, the snapshot folder made of relative symbolic links to them, `refs/main`."""
+    snapshot, blobs = repo / "snapshots" / commit, repo / "blobs"
+    blobs.mkdir(parents=True)
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / path.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
 
 
 @pytest.fixture(scope="session", autouse=True)

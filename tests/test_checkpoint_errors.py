@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 from internvlu import InternVLUPipeline
 from internvlu.errors import CheckpointError
 
+from conftest import hub_snapshot, shard_weights
+
 
 @pytest.fixture
 def ckpt(tmp_path, tiny_dir):
@@ -136,18 +138,43 @@ def test_absurd_config_refused_before_allocation(ckpt):
 
 
 def test_sharded_index_with_missing_shard(ckpt):
-    folder = ckpt / "vlm"
-    tensors = load_file(str(folder / "model.safetensors"))
-    names = sorted(tensors)
-    half = len(names) // 2
-    save_file({n: tensors[n] for n in names[:half]}, str(folder / "model-00001-of-00002.safetensors"))
-    save_file({n: tensors[n] for n in names[half:]}, str(folder / "model-00002-of-00002.safetensors"))
-    (folder / "model.safetensors").unlink()
-    index = {"weight_map": {n: f"model-0000{1 if i < half else 2}-of-00002.safetensors" for i, n in enumerate(names)}}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    shards = shard_weights(ckpt / "vlm")
     InternVLUPipeline.from_pretrained(ckpt)  # sharded loads
-    (folder / "model-00002-of-00002.safetensors").unlink()
+    (ckpt / "vlm" / shards[1]).unlink()
     assert "missing" in load_error(ckpt)
+
+
+@pytest.mark.parametrize("shard", ["../vae/diffusion_pytorch_model.safetensors", "/etc/passwd", ""])
+def test_index_naming_a_file_outside_its_folder_is_refused(ckpt, shard):
+    shard_weights(ckpt / "vlm")
+    index_path = ckpt / "vlm" / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"][next(iter(index["weight_map"]))] = shard
+    index_path.write_text(json.dumps(index))
+    assert f"shard {shard!r} points outside" in load_error(ckpt)
+
+
+def test_decoder_config_given_as_a_file_is_read_inside_the_component_only(ckpt):
+    config_path = ckpt / "generation_decoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    (ckpt / "generation_decoder" / "decoder.json").write_text(json.dumps(config["decoder_config"]))
+    config["decoder_config"] = "decoder.json"
+    config_path.write_text(json.dumps(config))
+    InternVLUPipeline.from_pretrained(ckpt)
+    config["decoder_config"] = "../vlm/config.json"
+    config_path.write_text(json.dumps(config))
+    assert "decoder_config path '../vlm/config.json' points outside" in load_error(ckpt)
+
+
+def test_a_hub_snapshot_of_symbolic_links_into_the_blob_store_loads(tmp_path, ckpt):
+    """huggingface_hub's cache: every file of a snapshot, shards included, links into `blobs/`, outside the
+    component folder that lists it."""
+    shard_weights(ckpt / "vlm")
+    snapshot = hub_snapshot(ckpt, tmp_path / "hub" / "models--acme--tiny-u", "0" * 40)
+    assert (snapshot / "vlm" / "model-00001-of-00002.safetensors").is_symlink()
+    pipe = InternVLUPipeline.from_pretrained(snapshot)
+    reference = InternVLUPipeline.from_pretrained(ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(pipe.vlm.state_dict().values(), reference.vlm.state_dict().values()))
 
 
 def test_pickle_weights_refused(ckpt):

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from internvlu.errors import CheckpointError, ModelNotFoundError
+from internvlu.runtime.config import listed_file
 from internvlu.runtime.file_facts import FileFacts
 
 COMPONENTS = ("vlm", "generation_decoder", "vae", "scheduler", "processor")
@@ -103,9 +104,7 @@ def _shard_map(folder: Path, stem: str) -> dict[str, Path] | None:
             raise CheckpointError(f"{index} is corrupt: it needs a `weight_map` object") from exc
         files = {}
         for name, shard in weight_map.items():
-            shard_path = (folder / str(shard)).resolve()
-            if folder.resolve() not in shard_path.parents:
-                raise CheckpointError(f"{index}: shard {shard!r} points outside {folder}")
+            shard_path = listed_file(folder, str(shard), index, "shard")
             if not shard_path.is_file():
                 raise CheckpointError(f"{index} lists shard {shard!r}, which is missing from {folder} (re-download it)")
             files[name] = shard_path

@@ -13,7 +13,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from internvlu.errors import CheckpointError, InternVLUError, first_line
@@ -40,6 +40,17 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data
+
+
+def listed_file(folder: Path, name: str, listed_in: Path, what: str) -> Path:
+    """The file `name` that `listed_in` lists inside `folder`; a name that leaves the folder is refused.
+
+    Judged on the name, not on where it resolves: a Hugging Face cache snapshot is made of symbolic links
+    into the repository's blob store, so a resolved path is outside the folder for every honest file."""
+    relative = PurePosixPath(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
+        raise CheckpointError(f"{listed_in}: {what} {name!r} points outside {folder}")
+    return folder / relative
 
 
 @contextlib.contextmanager
@@ -283,10 +294,7 @@ class DecoderConfig:
         raw = _get(d, "decoder_config", None, source, (dict, str))
         if isinstance(raw, str):
             # The reference also accepts a JSON path; resolve it inside the component folder only.
-            nested = (path.parent / raw).resolve()
-            if path.parent.resolve() not in nested.parents:
-                raise CheckpointError(f"{source}: decoder_config path {raw!r} points outside the checkpoint")
-            raw = read_json(nested)
+            raw = read_json(listed_file(path.parent, raw, path, "decoder_config path"))
         if not raw:
             raise CheckpointError(f"{source}: `decoder_config` is missing")
         if not _get(d, "padding_encoder_hidden_states", True, source, bool):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from internvlu.errors import CheckpointError
 from internvlu.images import file_sha256
+from internvlu.runtime.config import listed_file
 from internvlu.runtime.file_facts import FileFacts
 from internvlu.runtime.optional import missing_extra
 
@@ -64,7 +65,7 @@ def verify_artifacts(folder: Path, manifest: dict, names: list[str] | None = Non
     facts = FileFacts()
     for name in manifest["artifacts"] if names is None else names:
         record = manifest["artifacts"].get(name)
-        path = Path(folder) / name
+        path = listed_file(Path(folder), str(name), Path(folder) / FILE, "artifact")
         if not isinstance(record, dict) or "sha256" not in record:
             raise CheckpointError(f"{folder / FILE} does not record `{name}`; re-export the model")
         if not path.is_file():

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from .helpers import FAST, one_line_error, pixels
+from conftest import hub_snapshot, shard_weights
 from internvlu.images import read_recipe
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -18,12 +19,14 @@ needs_synthetic = pytest.mark.skipif(importlib.util.find_spec("internvlu.synthet
 
 
 @pytest.fixture
-def cached_repo(user_dirs, model_dir):
-    """`acme/tiny-u` as huggingface_hub would have downloaded it."""
+def cached_repo(user_dirs, model_dir, tmp_path):
+    """`acme/tiny-u` as huggingface_hub would have downloaded it: sharded language-model weights, the
+    snapshot made of links into the blob store."""
+    plain = tmp_path / "downloaded"
+    shutil.copytree(model_dir, plain)
+    shard_weights(plain / "vlm")
     repo = user_dirs["hub"] / "models--acme--tiny-u"
-    shutil.copytree(model_dir, repo / "snapshots" / COMMIT)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
+    hub_snapshot(plain, repo, COMMIT)
     return repo
 
 

@@ -37,6 +37,16 @@ def test_an_intact_engine_passes_and_a_tampered_one_is_refused_before_loading(tm
         manifest.verify_artifacts(tmp_path, data, ["generation_decoder/model.plan"])
 
 
+def test_a_manifest_listing_a_file_outside_the_export_is_refused_before_reading_it(tmp_path):
+    _, data = _export_with_engine(tmp_path)
+    outside = tmp_path.parent / "elsewhere.bin"
+    outside.write_bytes(b"not part of the export")
+    data["artifacts"]["../elsewhere.bin"] = {"bytes": outside.stat().st_size,
+                                            "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()}
+    with pytest.raises(CheckpointError, match="artifact '../elsewhere.bin' points outside"):
+        manifest.verify_artifacts(tmp_path, data)
+
+
 def test_a_verified_file_is_hashed_once_until_its_stat_changes(tmp_path, monkeypatch):
     engine, data = _export_with_engine(tmp_path)
     hashed = []
