@@ -251,3 +251,23 @@ def test_missing_tokenizer_config_is_named(ckpt):
 def test_corrupt_tokenizer_is_named(ckpt):
     (ckpt / "processor" / "tokenizer.json").write_text("{garbage")
     assert f"cannot load the tokenizer from {ckpt / 'processor'}" in load_error(ckpt)
+
+
+def _edit_tokenizer_config(ckpt, **values):
+    path = ckpt / "processor" / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.update(values)
+    path.write_text(json.dumps(config))
+
+
+def test_a_tokenizer_limit_that_is_not_a_number_is_named(ckpt):
+    _edit_tokenizer_config(ckpt, model_max_length="x")
+    assert "tokenizer_config.json: `model_max_length` = 'x' must be a number" in load_error(ckpt)
+
+
+def test_a_token_id_past_the_language_models_embeddings_is_refused(ckpt):
+    """The tokenizer of another model: here an end token its vocabulary lacks, appended past the model's 713
+    embeddings. A prompt token past them was a bare IndexError in the middle of a call."""
+    _edit_tokenizer_config(ckpt, eos_token="<|not_in_the_vocabulary|>")
+    assert ("the tokenizer gives '<|not_in_the_vocabulary|>' the id 713, but the language model has 713 token "
+            "embeddings") in load_error(ckpt)

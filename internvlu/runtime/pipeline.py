@@ -163,7 +163,8 @@ class InternVLUPipeline:
         with built_from(folders["scheduler"] / "scheduler_config.json"):
             check_scheduler(scheduler_config)
 
-        processor = InternVLUProcessor.from_pretrained(folders["processor"], template_name=vlm_config.template)
+        processor = InternVLUProcessor.from_pretrained(folders["processor"], template_name=vlm_config.template,
+                                                       vocab_size=vlm_config.llm["vocab_size"])
         for module in (vlm, decoder, vae_model):
             module.eval().requires_grad_(False)
         if cpu_linear == "onednn":

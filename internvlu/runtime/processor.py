@@ -22,7 +22,7 @@ import functools
 import math
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -205,18 +205,24 @@ def normalize_prompt(text: str, num_images: int) -> str:
 
 
 class InternVLUProcessor:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig, template_name: str = "qwen2_5-chat-v3"):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig, template_name: str = "qwen2_5-chat-v3",
+                 vocab_size: int | None = None):
         self.tokenizer = tokenizer
         self.config = config
         self.template_name = template_name
+        # The language model's embedding rows: a tokenizer that gives an id past them belongs to another model,
+        # and the embedding lookup would fail with a bare IndexError mid-call.
+        self.vocab_size = vocab_size
         self.token_ids = self._token_ids(tokenizer)
+        self._check_ids(astuple(self.token_ids))
         # Every row repeats the template's pieces, the system message and the blank messages, and a batch often
         # repeats its prompt: each distinct text is tokenised once (a tokeniser call costs ~50 us, and the rows
         # of one sample made 15 of them).
         self._tokenised = functools.lru_cache(maxsize=TOKENISED_TEXTS)(self._tokenise)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, template_name: str = "qwen2_5-chat-v3") -> "InternVLUProcessor":
+    def from_pretrained(cls, folder: str | Path, template_name: str = "qwen2_5-chat-v3",
+                        vocab_size: int | None = None) -> "InternVLUProcessor":
         folder = Path(folder)
         config = ProcessorConfig.from_file(folder / "processor_config.json")
         # Without it AutoTokenizer looks for a model config.json and says so, which points away from the fix.
@@ -227,7 +233,16 @@ class InternVLUProcessor:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
         except Exception as exc:  # tokenizers raises bare Exceptions for corrupt files
             raise CheckpointError(f"cannot load the tokenizer from {folder}: {first_line(exc) or type(exc).__name__}") from exc
-        return cls(tokenizer, config, template_name)
+        limit = tokenizer.model_max_length
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)):  # every encode compares against it
+            raise CheckpointError(f"{folder / 'tokenizer_config.json'}: `model_max_length` = {limit!r} must be a number")
+        return cls(tokenizer, config, template_name, vocab_size)
+
+    def _check_ids(self, ids: tuple[int, ...]) -> None:
+        if self.vocab_size is not None and ids and max(ids) >= self.vocab_size:
+            token = self.tokenizer.convert_ids_to_tokens(max(ids))
+            raise CheckpointError(f"the tokenizer gives {token!r} the id {max(ids)}, but the language model has "
+                                  f"{self.vocab_size} token embeddings: processor/ does not belong to this checkpoint's vlm/")
 
     @staticmethod
     def _token_ids(tokenizer: PreTrainedTokenizerBase) -> TokenIds:
@@ -255,8 +270,10 @@ class InternVLUProcessor:
     def _tokenise(self, text: str, split_special_tokens: bool) -> tuple[int, ...]:
         # verbose=False: past its model_max_length the tokenizer warns of "indexing errors", while the limits that
         # apply (the conditioning length, the language model's context) are checked and refused by name later.
-        return tuple(self.tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens,
-                                    verbose=False)["input_ids"])
+        ids = tuple(self.tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens,
+                                   verbose=False)["input_ids"])
+        self._check_ids(ids)
+        return ids
 
     def _encode_trusted(self, text: str) -> list[int]:
         return list(self._tokenised(text, False)) if text else []
