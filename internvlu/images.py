@@ -57,6 +57,11 @@ def _open_error(path: Path, exc: OSError) -> UsageError:
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """An 8-bit RGB image from a file, or a one-line `UsageError` saying what is wrong with it."""
+    text = os.fspath(path)
+    if isinstance(text, str) and text.lower().startswith(("http://", "https://")) and not Path(text).exists():
+        # As a path the URL reads "http:/host/...", which hides why it is not found.
+        raise UsageError(f"image {text} is a web address; internvlu reads local files only: download it first "
+                         "(e.g. curl -o image.png URL)")
     path = Path(path).expanduser()
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not an image; pass an image file")

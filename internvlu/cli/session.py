@@ -63,8 +63,8 @@ class InputImage:
                                  "(e.g. convert in.jpg png:- | internvlu edit - PROMPT) or pass a file")
             data = sys.stdin.buffer.read()
             return cls(PIPE, hashlib.sha256(data).hexdigest(), decode_image(data, "standard input (-)"))
+        image = load_image(path)  # the text as given: a web address as a Path loses a slash of its "//"
         path = Path(path).expanduser()
-        image = load_image(path)
         return cls(path.resolve(), file_sha256(path), image)
 
     @classmethod

@@ -211,6 +211,8 @@ CASES = [
     Case("image-not-an-image", "images", "text file named .png", edit(lambda t: _file(t / "notes.png", "hello")), 2, ("is not an image",)),
     Case("image-folder", "images", "a folder passed as the image", edit(lambda t: (t / "dir.png").mkdir() or t / "dir.png"), 2, ("is a folder",)),
     Case("image-missing", "images", "path that does not exist", edit(lambda t: t / "nowhere.png"), 2, ("not found",)),
+    Case("image-web-address", "images", "an https:// address instead of a file",
+         edit(lambda t: "https://example.com/photo.png"), 2, ("https://example.com/photo.png is a web address", "download it first")),
     Case("image-one-pixel-thin", "images", "20000x1 image", edit(lambda t: _image(t / "thin.png", size=(20000, 1))), 2, ("at least 16 pixels",)),
     Case("image-cmyk", "images", "CMYK JPEG", edit(lambda t: _image(t / "cmyk.jpg", "CMYK")), 0),
     Case("image-16-bit", "images", "16-bit greyscale PNG", edit(lambda t: _image(t / "deep.png", "I;16")), 0),
