@@ -17,22 +17,14 @@ BACKBONES = ("none", "int8", "int4")
 EXTRAS = {"bitsandbytes": "quant", "onnxruntime": "onnx", "tensorrt": "trt"}
 
 
-def _system_memory() -> tuple[int | None, int | None]:
-    """(total, available) bytes of RAM, from /proc/meminfo where there is one."""
-    try:
-        fields = dict(line.split(":", 1) for line in open("/proc/meminfo"))
-        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None, None
-
-
 def machine() -> dict:
     import torch
 
     from internvlu.runtime.export_manifest import library_version
+    from internvlu.runtime.memory import host_memory
     from internvlu.runtime.onednn_linear import onednn_linear_available
 
-    total, available = _system_memory()
+    total, available = host_memory()
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
             "ram_bytes": total, "ram_available_bytes": available, "gpu": None,
             "cpu_float32_linear": "onednn" if onednn_linear_available() else "blas",

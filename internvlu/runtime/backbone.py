@@ -13,15 +13,24 @@ them), and the LM head is never run for conditioning.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 
 import torch
 import transformers
 from torch import nn
 
 from internvlu.errors import CheckpointError
+from internvlu.runtime import memory
 from internvlu.runtime.config import VLMConfig
 from internvlu.runtime.vision import InternVisionModel
+
+log = logging.getLogger(__name__)
+
+# Eager attention's score matrices may take this share of the free host memory; the rest is the model's
+# other activations and the allocator's slack.
+EAGER_SCORES_SHARE_OF_FREE_MEMORY = 0.75
 
 # Row i of `special_token_embedding` belongs to entry i (spec §2.1).
 SPECIAL_TOKENS = ("</box>", "<box>", "<IMG_CONTEXT>", "</img>", "<img>", "</quad>", "<quad>", "</ref>", "<ref>", "<img_uncond>")
@@ -86,6 +95,33 @@ class InternVLUChatModel(nn.Module):
         x = x.reshape(n, side // k, k, side // k, k, D).permute(0, 1, 3, 2, 4, 5).reshape(n, (side // k) ** 2, k * k * D)
         return self.mlp1(x)
 
+    @contextlib.contextmanager
+    def attention_that_fits(self, rows: int, length: int) -> Iterator[None]:
+        """The language model's attention for a call over `rows` x `length` tokens.
+
+        Eager attention (the reference's on a CPU, kept for its exact hidden states) holds every head's score
+        matrix at once while it is scaled, masked and soft-maxed in float32: (2 x element + 4) bytes a score,
+        9.1 measured in float32, where SDPA needs memory linear in the length. Where the scores would not fit
+        in free memory the call runs SDPA (the same attention, other last bits) instead of being killed."""
+        config = self.language_model.config
+        if config._attn_implementation != "eager" or self.device.type != "cpu":
+            yield
+            return
+        element = self.dtype.itemsize
+        needed = rows * length**2 * (config.num_attention_heads * (2 * element + 4) + element)  # + the 4-D mask
+        _, available = memory.host_memory()
+        if available is None or needed <= EAGER_SCORES_SHARE_OF_FREE_MEMORY * available:
+            yield
+            return
+        log.warning("%d tokens x %d rows: eager attention (the reference's, exact) would hold %.1f GiB of scores "
+                    "and %.1f GiB is free, so the language model runs SDPA attention for this call (same attention, "
+                    "other last bits)", length, rows, needed / 2**30, available / 2**30)
+        config._attn_implementation = "sdpa"
+        try:
+            yield
+        finally:
+            config._attn_implementation = "eager"
+
     def embed_prompt(self, input_ids: torch.Tensor, vit_embeds: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.language_model.get_input_embeddings()(input_ids)
         for row, token_id in enumerate(self.special_token_ids):
@@ -115,7 +151,8 @@ class InternVLUChatModel(nn.Module):
         handles = [decoder.layers[i - 1].register_forward_hook(keep(i)) for i in wanted if 0 < i < total - 1]
         try:
             # Positions 0..N-1 on every row, whatever the padding: the reference passes no position ids.
-            out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+            with self.attention_that_fits(*inputs_embeds.shape[:2]):
+                out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()

@@ -1,4 +1,5 @@
-"""How much GPU memory a model needs at a size, precision, backbone quantization and offload setting.
+"""How much GPU memory a model needs at a size, precision, backbone quantization and offload setting, and how
+much host memory this machine has free.
 
 Weights come from the checkpoint's safetensors headers (parameter counts, nothing loaded). Activations
 use one measured constant: bytes per image token per CFG row at the head's width, from the `full`
@@ -71,3 +72,21 @@ def plan(counts: ParameterCounts, decoder: DecoderConfig, vae_factor: int, width
     activations = BYTES_PER_TOKEN_ROW_PER_WIDTH * rows * tokens * decoder.mmdit.inner_dim * dtype_bytes
     return {"weights": weights, "resident_weights": int(resident), "activations": int(activations),
             "peak": int(resident + activations + OVERHEAD_BYTES)}
+
+
+def host_memory() -> tuple[int | None, int | None]:
+    """(total, available) bytes of RAM, within the container's cgroup limit where one is set; None where the
+    system does not say (no /proc)."""
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        total, available = (int(fields[key].split()[0]) * 1024 for key in ("MemTotal", "MemAvailable"))
+    except (OSError, KeyError, ValueError):
+        return None, None
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        if limit != "max":
+            used = int(open("/sys/fs/cgroup/memory.current").read())
+            total, available = min(total, int(limit)), min(available, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return total, available

@@ -333,8 +333,9 @@ class InternVLUPipeline:
         config.pad_token_id = self.processor.token_ids.pad
         if self.compiled and self.device.type == "cuda":
             config.cache_implementation = "static"  # transformers compiles the decode step for a static cache
-        return lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config,
-                           use_cache=True, **generation)
+        with self.vlm.attention_that_fits(*embeds.shape[:2]):
+            return lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config,
+                               use_cache=True, **generation)
 
     # ---- images --------------------------------------------------------------------------------------
 
