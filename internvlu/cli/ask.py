@@ -26,7 +26,7 @@ def ask(
                                                 help="Longest answer, in tokens.")] = ANSWER_TOKENS,
     temperature: Annotated[Optional[float], typer.Option(
         "--temperature", metavar="T", min=0.0, max=100.0,
-        help="Sample with this temperature instead of greedy decoding.")] = None,
+        help="Sample with this temperature instead of greedy decoding (0: greedy).")] = None,
     top_p: Annotated[Optional[float], typer.Option(
         "--top-p", metavar="P", min=0.0, max=1.0, help="Nucleus sampling (implies sampling).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", "-s", min=0, max=MAX_SEED, help="Seed for sampling.")] = None,

@@ -421,7 +421,9 @@ class Session:
         (which may raise to stop the answer) follows each token."""
         import torch
 
-        sampling = temperature is not None or top_p is not None
+        # Temperature 0 is greedy decoding, the limit sampling tends to, whatever top_p says: OpenAI's API takes it
+        # so, and its clients send top_p 1 beside it.
+        greedy = temperature == 0 or (temperature is None and top_p is None)
         if seed is not None:
             torch.manual_seed(seed)
 
@@ -435,8 +437,8 @@ class Session:
         with self.interrupt.soft():
             result = self.pipe(
                 question, image=[[i.image for i in inputs]] if inputs else None, generation_mode="text",
-                max_new_tokens=max_new_tokens, do_sample=sampling, temperature=temperature, top_p=top_p,
-                streamer=streamer,
+                max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=None if greedy else temperature,
+                top_p=None if greedy else top_p, streamer=streamer,
             )
         answer_s = time.perf_counter() - start
         return {

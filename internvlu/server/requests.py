@@ -239,7 +239,7 @@ def ask_request(body: dict, model_id: str) -> AskRequest:
     return AskRequest(
         question=question, uploads=uploads,
         max_new_tokens=integer_field({"max_tokens": tokens}, "max_tokens", 1, MAX_ANSWER_TOKENS, ANSWER_TOKENS),
-        temperature=number_field(body, "temperature", 0.0, 2.0) or None,  # 0 means greedy, as OpenAI's does
+        temperature=number_field(body, "temperature", 0.0, 2.0),  # 0: greedy, as OpenAI's
         top_p=number_field(body, "top_p", 0.0, 1.0),
         seed=integer_field(body, "seed", 0, MAX_SEED),
     )

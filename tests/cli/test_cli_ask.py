@@ -35,6 +35,13 @@ def test_ask_sampling_is_seeded(cli, model_dir, photo):
     assert cli(*args, "--seed", 3).json_lines()[0]["answer"] == first
 
 
+def test_ask_temperature_zero_is_greedy(cli, model_dir, photo):
+    args = ("ask", photo, "describe it", "--model", model_dir, "--max-new-tokens", 6, "--json")
+    greedy = cli(*args).json_lines()[0]["answer"]
+    zero = cli(*args, "--temperature", 0, "--top-p", 0.5, "--seed", 3).json_lines()[0]
+    assert zero["answer"] == greedy and zero["settings"]["temperature"] == 0
+
+
 def test_ask_bad_input(cli, model_dir, photo):
     result = cli("ask", "missing.jpg", "what?", "--model", model_dir)
     assert result.code == 2

@@ -105,6 +105,14 @@ def test_chat_answers_about_an_image(client):
     assert answer.choices[0].message.content.strip()
 
 
+def test_temperature_zero_is_greedy_whatever_top_p_says(client):
+    """OpenAI's clients send top_p 1 beside temperature 0; sampling at temperature 1 there answered at random."""
+    greedy = ask(client, stream=False).choices[0].message.content
+    for seed in (1, 2):
+        answer = ask(client, stream=False, temperature=0, top_p=1, seed=seed)
+        assert answer.choices[0].message.content == greedy
+
+
 def test_streamed_chat_gives_the_same_answer_in_pieces(client):
     whole = ask(client, stream=False).choices[0].message.content
     pieces = [chunk.choices[0].delta.content or "" for chunk in ask(client, stream=True)]
