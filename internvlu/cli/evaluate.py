@@ -61,6 +61,7 @@ def evaluate(
     from internvlu.train.evaluate import EvalSettings, Evaluator
     targets = {}
     if out_dir is not None:
+        out_dir = settings.prepare_folder(out_dir, flag="--out-dir")
         targets = {"json": out_dir / "eval.json", "grid": out_dir / "samples.png"}
         for path in targets.values():
             if path.exists() and not overwrite:
@@ -81,7 +82,6 @@ def evaluate(
         report = {"model": session.model_identity, "prompts_per_task": prompts, "steps": steps, "seed": seed,
                   "accel": accel_level, **evaluator.run()}
     if targets:
-        out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(targets["json"], (json.dumps(report, indent=1) + "\n").encode(), overwrite)
         grid = evaluator.grid()
         if grid is not None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from internvlu.cli import options as opt
-from internvlu.cli import registry
+from internvlu.cli import registry, settings
 from internvlu.cli.ui import UI, emit
 
 
@@ -41,6 +41,8 @@ def export(
     opt.set_debug(debug)
     ui = UI(quiet)
     with ui.capture_logs():
+        # The export is assembled beside its folder: a parent it cannot write fails here, not after the work.
+        settings.prepare_folder(out.expanduser().absolute().parent, flag="--out")
         ref = registry.resolve(model, revision, notify=ui.info)
         manifest = export_model(ref.path, ref.id, out, opt.enum_value(backbone), opt.enum_value(head), overwrite, log=ui.info)
     ui.info(f"wrote {out} in {manifest['seconds']} s")

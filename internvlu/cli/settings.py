@@ -141,11 +141,12 @@ def check_png_name(path: Path) -> Path:
     return path
 
 
-def prepare_folder(folder: Path) -> Path:
-    """Create the output folder if needed and prove it is writable, before any model is loaded."""
+def prepare_folder(folder: Path, flag: str = "--out-dir / -o") -> Path:
+    """Create the output folder if needed and prove it is writable, before any model is loaded; `flag` is the
+    option that chooses it."""
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"output folder {folder} is a file; choose a folder with --out-dir")
+        raise UsageError(f"output folder {folder} is a file; choose a folder with {flag.split(' / ')[0]}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".internvlu-probe-", dir=folder)
@@ -155,7 +156,7 @@ def prepare_folder(folder: Path) -> Path:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise write_error(folder, exc) from None
         raise UsageError(f"cannot write to the output folder {folder} ({exc.strerror}); choose a writable output "
-                         "folder (--out-dir / -o)") from None
+                         f"folder ({flag})") from None
     return folder
 
 

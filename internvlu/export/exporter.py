@@ -94,8 +94,11 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
     if export_manifest.read(source) is not None:
         raise UsageError(f"{source} is itself an export; export from the original checkpoint")
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise UsageError(f"{out_dir} exists and is not empty; choose a new folder or pass --overwrite")
+    if out_dir.exists() and not overwrite:
+        if not out_dir.is_dir():
+            raise UsageError(f"{out_dir} is a file; choose a new folder for the export (or pass --overwrite to replace it)")
+        if any(out_dir.iterdir()):
+            raise UsageError(f"{out_dir} exists and is not empty; choose a new folder or pass --overwrite")
     require_extras(backbone, head)
     started = time.perf_counter()
     staging = out_dir.parent / f".{out_dir.name}.partial"

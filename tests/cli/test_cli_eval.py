@@ -57,3 +57,11 @@ def test_a_task_that_fails_late_keeps_the_scores_of_the_others(cli, model_dir, m
     assert report["t2i"]["prompts"] == 4 and report["qa"]["prompts"] == 4 and "words" not in report
     assert json.load(open("ev/eval.json")) == report
     one_line_error(result, "task words failed (RuntimeError: tesseract crashed); the other tasks' scores are in the report")
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_the_model_loads(cli, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("internvlu.cli.evaluate.Session.load", lambda self: pytest.fail("the model loaded"))
+    (tmp_path / "report").write_text("mine")
+    result = cli("eval", "--model", model_dir, "--prompts", 1, "--tasks", "qa", "--out-dir", tmp_path / "report")
+    assert result.code == 2
+    one_line_error(result, "report", "is a file")

@@ -111,6 +111,19 @@ def test_export_refuses_a_non_empty_folder_and_keeps_it(tmp_path, cli):
     assert (target / "keep.txt").read_text() == "mine"
 
 
+def test_export_to_a_file_or_under_one_is_refused_before_any_work(tmp_path, cli, monkeypatch):
+    monkeypatch.setattr("internvlu.export.exporter.shutil.copytree", lambda *a, **k: pytest.fail("the export started"))
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    result = cli("export", GOLDEN / "tiny_pipeline", "--out", mine)
+    assert result.code == 2
+    one_line_error(result, str(mine), "is a file", "--overwrite")
+    result = cli("export", GOLDEN / "tiny_pipeline", "--out", mine / "export")
+    assert result.code == 2
+    one_line_error(result, f"output folder {mine} is a file; choose a folder with --out")
+    assert mine.read_text() == "mine"
+
+
 @pytest.mark.slow
 def test_an_int4_export_draws_and_an_export_of_an_export_is_refused(exported, tmp_path):
 
