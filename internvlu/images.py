@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from internvlu import json_text
 from internvlu.errors import InternVLUError, UsageError
 from internvlu.limits import MIN_SIDE
 
@@ -270,7 +271,7 @@ def read_recipe(path: str | os.PathLike) -> dict:
     if text is None:
         raise UsageError(f"{path} carries no internvlu recipe (it was not made by internvlu, or its metadata was stripped)")
     try:
-        recipe = json.loads(text)
+        recipe = json_text.loads(text)
     except json.JSONDecodeError:
         raise UsageError(f"{path} has a corrupt internvlu recipe (not JSON)") from None
     if not isinstance(recipe, dict):

@@ -54,8 +54,9 @@ def test_missing_config_file(ckpt):
     assert "missing file" in load_error(ckpt)
 
 
-def test_corrupt_json(ckpt):
-    (ckpt / "vlm" / "config.json").write_text("{not json")
+@pytest.mark.parametrize("text", ["{not json", "[" * 100_000 + "]" * 100_000], ids=["malformed", "nested-too-deeply"])
+def test_corrupt_json(ckpt, text):
+    (ckpt / "vlm" / "config.json").write_text(text)
     assert "not valid JSON" in load_error(ckpt)
 
 

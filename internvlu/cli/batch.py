@@ -24,7 +24,7 @@ from typing import Annotated, Optional
 import typer
 from PIL import Image
 
-from internvlu import presets
+from internvlu import json_text, presets
 from internvlu.cli import options as opt
 from internvlu.cli import settings
 from internvlu.cli.ask import ANSWER_TOKENS
@@ -127,7 +127,7 @@ def parse_jobs(text: str) -> list[BatchJob]:
             job.prompt = line
             continue
         try:
-            _job_from_object(job, json.loads(line))
+            _job_from_object(job, json_text.loads(line))
         except json.JSONDecodeError as exc:
             job.error = (f"not valid JSON ({exc.msg} at column {exc.colno}); a line starting with {line[0]} is a JSON "
                          "job: fix it, or write a prompt as {\"prompt\": \"...\"}")
@@ -371,7 +371,7 @@ def why_not_finished(job: BatchJob, flags: Layer, base_seed: int | None) -> str 
         if job.path.suffix.lower() != ".json":
             return None if text.strip() else "empty"
         try:
-            question = json.loads(text).get("question")
+            question = json_text.loads(text).get("question")
         except (ValueError, AttributeError):
             return "not an answer written by internvlu"
         return None if question == job.prompt else "the answer to another question"
@@ -421,7 +421,7 @@ def finished_result(job: BatchJob) -> dict:
     if job.mode != "ask":
         return result_from_recipe(read_recipe(job.path), job.path)
     text = job.path.read_text(encoding="utf-8")
-    answer = json.loads(text).get("answer") if job.path.suffix.lower() == ".json" else text.strip()
+    answer = json_text.loads(text).get("answer") if job.path.suffix.lower() == ".json" else text.strip()
     return {"schema": SCHEMA, "command": "ask", "question": job.prompt, "answer": answer, "path": printed_path(job.path)}
 
 

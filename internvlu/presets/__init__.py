@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from internvlu import json_text
 from internvlu.errors import UsageError
 from internvlu.limits import ACCEL_LEVELS, DTYPE_NAMES, MAX_ASPECT, MAX_NEW_TOKENS, MAX_SIDE, MAX_STEPS, MIN_SIDE
 
@@ -141,7 +142,7 @@ def validate(data: object, source: str, keys: dict[str, Callable[[object], objec
 
 def read_json_object(path: Path) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json_text.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:

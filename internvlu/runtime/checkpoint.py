@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from internvlu import json_text
 from internvlu.errors import CheckpointError, ModelNotFoundError
 from internvlu.runtime.config import listed_file
 from internvlu.runtime.file_facts import FileFacts
@@ -97,7 +98,7 @@ def _shard_map(folder: Path, stem: str) -> dict[str, Path] | None:
     single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json_text.loads(index.read_text(encoding="utf-8"))["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:

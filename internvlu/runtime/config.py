@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from internvlu import json_text
 from internvlu.errors import CheckpointError, InternVLUError, first_line
 from internvlu.limits import MAX_SIDE
 
@@ -34,7 +35,7 @@ def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"missing file {path}; the checkpoint folder is incomplete (re-download or re-export it)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json_text.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt") from exc
     if not isinstance(data, dict):

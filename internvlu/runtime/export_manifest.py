@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 from pathlib import Path
 
+from internvlu import json_text
 from internvlu.errors import CheckpointError
 from internvlu.images import file_sha256
 from internvlu.runtime.config import listed_file
@@ -45,7 +46,7 @@ def read(folder: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json_text.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc}); re-export the model with `internvlu export`") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

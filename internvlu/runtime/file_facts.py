@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from internvlu import json_text
 from internvlu.paths import cache_dir
 
 
@@ -27,7 +28,7 @@ class FileFacts:
     def __init__(self) -> None:
         self._file = cache_dir() / "file-facts.json"
         try:
-            data = json.loads(self._file.read_text())
+            data = json_text.loads(self._file.read_text())
         except (OSError, ValueError):
             data = {}
         self._facts = data if isinstance(data, dict) else {}

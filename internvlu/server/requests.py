@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from internvlu import json_text
 from internvlu.cli import settings
 from internvlu.cli.ask import ANSWER_TOKENS
 from internvlu.errors import UsageError
@@ -41,7 +42,7 @@ def json_body(raw: bytes) -> dict:
     if not raw.strip():
         raise bad_request("the request body is empty; send a JSON object (Content-Type: application/json)")
     try:
-        body = json.loads(raw)
+        body = json_text.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON ({exc}); send a JSON object") from None
     if not isinstance(body, dict):
@@ -94,7 +95,7 @@ def form_fields(form) -> dict:
     for name, value in form.multi_items():
         if isinstance(value, str) and not name.startswith("image"):
             try:
-                fields[name] = json.loads(value)
+                fields[name] = json_text.loads(value)
             except json.JSONDecodeError:
                 fields[name] = value
     return fields

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from safetensors.torch import load_file, save_file
 
 from internvlu.images import TEMP_SUFFIX
 
 from .helpers import FAST, one_line_error, png_with_header
+from conftest import shard_weights
 
 EDIT = ["--size", "64x64", "--steps", "1"]
 
@@ -74,6 +75,16 @@ def _file(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def _png_with_recipe(path: Path, recipe_text: str) -> Path:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("internvlu", recipe_text, zip=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path, pnginfo=info)
+    return path
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # deeper than Python's parser recurses
+
+
 def _jobs(path: Path, *lines) -> Path:
     path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
     return path
@@ -116,15 +127,8 @@ def _absurd_config(folder: Path) -> None:
 
 
 def _sharded_with_missing_shard(folder: Path) -> None:
-    vae = folder / "vae"
-    tensors = load_file(str(vae / "diffusion_pytorch_model.safetensors"))
-    names = sorted(tensors)
-    half = len(names) // 2
-    save_file({n: tensors[n] for n in names[:half]}, str(vae / "diffusion_pytorch_model-00001-of-00002.safetensors"))
-    (vae / "diffusion_pytorch_model.safetensors").unlink()
-    weight_map = {n: ("diffusion_pytorch_model-00001-of-00002.safetensors" if i < half
-                      else "diffusion_pytorch_model-00002-of-00002.safetensors") for i, n in enumerate(names)}
-    (vae / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    shards = shard_weights(folder / "vae", "diffusion_pytorch_model")
+    (folder / "vae" / shards[1]).unlink()
 
 
 def _pickle_only(folder: Path) -> None:
@@ -213,6 +217,12 @@ CASES = [
     Case("image-missing", "images", "path that does not exist", edit(lambda t: t / "nowhere.png"), 2, ("not found",)),
     Case("image-web-address", "images", "an https:// address instead of a file",
          edit(lambda t: "https://example.com/photo.png"), 2, ("https://example.com/photo.png is a web address", "download it first")),
+    Case("image-recipe-nested-too-deeply", "images", "gen --from a PNG whose recipe is JSON nested 100,000 deep",
+         lambda t, m: ["gen", "--from", _png_with_recipe(t / "deep.png", DEEP_JSON), "--model", m, *FAST, "-o", t / "out.png"],
+         2, ("deep.png has a corrupt internvlu recipe",)),
+    Case("image-recipe-prompt-not-text", "images", "gen --from a PNG whose recipe's prompt is a number",
+         lambda t, m: ["gen", "--from", _png_with_recipe(t / "five.png", json.dumps({"prompt": 5})), "--model", m, *FAST,
+                       "-o", t / "out.png"], 2, ("five.png", "prompt")),
     Case("image-one-pixel-thin", "images", "20000x1 image", edit(lambda t: _image(t / "thin.png", size=(20000, 1))), 2, ("at least 16 pixels",)),
     Case("image-cmyk", "images", "CMYK JPEG", edit(lambda t: _image(t / "cmyk.jpg", "CMYK")), 0),
     Case("image-16-bit", "images", "16-bit greyscale PNG", edit(lambda t: _image(t / "deep.png", "I;16")), 0),
@@ -243,6 +253,9 @@ CASES = [
     Case("batch-malformed-json", "batch", "a broken JSON line between good ones",
          batch(lambda t: _jobs(t / "j.jsonl", {"prompt": "a"}, "{bad json", {"prompt": "b"})), 1,
          check=_batch_summary(2, 1, "not valid JSON")),
+    Case("batch-json-nested-too-deeply", "batch", "a JSON line nested 100,000 deep between good ones",
+         batch(lambda t: _jobs(t / "j.jsonl", {"prompt": "a"}, DEEP_JSON, {"prompt": "b"})), 1,
+         check=_batch_summary(2, 1, "not valid JSON (nested too deeply")),
     Case("batch-parent-escape", "batch", "'out': '../escape.png'",
          batch(lambda t: _jobs(t / "j.jsonl", {"prompt": "a", "out": "../escape.png"})), 1,
          check=_batch_summary(0, 1, "leads outside --out-dir", outside=("escape.png",))),

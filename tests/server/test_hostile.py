@@ -42,6 +42,8 @@ def cases() -> list[Case]:
     return [
         Case("json-malformed", GENERATIONS, 400, ("not valid JSON",), content=b'{"prompt": "x",',
              headers={"Content-Type": "application/json"}),
+        Case("json-nested-too-deeply", CHAT, 400, ("not valid JSON", "nested too deeply"),
+             content=b"[" * 100_000 + b"]" * 100_000, headers={"Content-Type": "application/json"}),
         Case("json-not-an-object", GENERATIONS, 400, ("JSON object",), json=["a", "b"]),
         Case("json-empty-body", GENERATIONS, 400, ("empty",), content=b""),
         Case("json-not-utf8", GENERATIONS, 400, ("not valid JSON",), content=b'{"prompt": "\xff\xfe"}'),
