@@ -29,7 +29,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from internvlu import json_text
 from internvlu.errors import InternVLUError, UsageError
-from internvlu.limits import MIN_SIDE
+from internvlu.limits import MAX_SEED, MIN_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -276,4 +276,27 @@ def read_recipe(path: str | os.PathLike) -> dict:
         raise UsageError(f"{path} has a corrupt internvlu recipe (not JSON)") from None
     if not isinstance(recipe, dict):
         raise UsageError(f"{path} has a corrupt internvlu recipe (not a JSON object)")
+    problem = _recipe_problem(recipe)
+    if problem:
+        raise UsageError(f"{path} has a corrupt internvlu recipe ({problem})")
     return recipe
+
+
+def _recipe_problem(recipe: dict) -> str | None:
+    """What is wrong with the fields read outside the settings (which `Layer.from_recipe` checks), if anything."""
+    for key in ("prompt", "cot_text", "preset", "command", "mode"):
+        if recipe.get(key) is not None and not isinstance(recipe[key], str):
+            return f"`{key}` is of type {type(recipe[key]).__name__}, not text"
+    seed = recipe.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        return f"`seed` is {seed!r}, not an integer from 0 to {MAX_SEED}"
+    model = recipe.get("model")
+    if model is not None and not (isinstance(model, dict) and all(
+            model.get(key) is None or isinstance(model[key], str) for key in ("id", "kind", "revision"))):
+        return "`model` is not an object of text fields"
+    inputs = recipe.get("inputs")
+    if inputs is not None and not (isinstance(inputs, list) and all(
+            isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str)
+            for entry in inputs)):
+        return "`inputs` is not a list of {path, sha256} objects"
+    return None

@@ -100,9 +100,6 @@ def make_images(command: str, prompt: str | None, image_paths: list[str], *, pre
                          preset=preset or (recipe or {}).get("preset"))
         if prompt is None and recipe is not None:
             prompt = recipe.get("prompt")
-            if prompt is not None and not isinstance(prompt, str):
-                raise UsageError(f"{from_} has a corrupt internvlu recipe (its prompt is a {type(prompt).__name__}, "
-                                 "not text); give the prompt yourself")
         if not prompt or not prompt.strip():
             raise UsageError("the prompt is empty; describe the image you want (or pass --from FILE.png)")
         fallback_seed = recipe.get("seed") if recipe is not None else None

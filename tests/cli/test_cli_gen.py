@@ -7,6 +7,7 @@ import json
 import os
 import signal
 
+import pytest
 from PIL import Image
 from rich.console import Console
 
@@ -279,3 +280,19 @@ def test_the_embedded_nano_edits_at_a_trained_size_and_resizes_back(cli, tmp_pat
         assert big.tobytes() == drawn.convert("RGB").resize((160, 120), Image.Resampling.LANCZOS).tobytes()
     replay = cli("gen", "--from", "edited.png", "-o", "again.png")
     assert replay.code == 0 and pixels("again.png") == pixels("edited.png")
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("seed", "7", "`seed` is '7', not an integer"), ("seed", 0.5, "`seed` is 0.5"), ("seed", True, "`seed` is True"),
+    ("inputs", [5], "`inputs` is not a list of {path, sha256} objects"),
+    ("inputs", [{"path": None, "sha256": "00"}], "`inputs` is not a list"),
+    ("model", {"id": ["nano"]}, "`model` is not an object of text fields"), ("cot_text", 3, "`cot_text` is of type int, not text"),
+])
+def test_a_recipe_field_of_the_wrong_type_is_named_by_info_and_from(cli, model_dir, field, value, says):
+    """Each was an 'internal error' (TypeError, AttributeError, torch's manual_seed) before."""
+    assert cli("gen", "a fox", "--model", model_dir, *FAST, "-o", "fox.png").code == 0
+    _rerecord("fox.png", **{field: value})
+    for args in (("info", "fox.png"), ("gen", "--from", "fox.png", "-o", "again.png")):
+        result = cli(*args)
+        assert result.code == 2
+        one_line_error(result, "fox.png has a corrupt internvlu recipe", says)
