@@ -1,5 +1,5 @@
 """The package's layers run one way: the command root (cli.app) -> server -> cli -> (train, export, synthetic) -> runtime
--> (errors, images, limits, presets). The server drives the CLI's session; the root registers every command, `serve`
+-> (errors, images, json_text, limits, paths, presets). The server drives the CLI's session; the root registers every command, `serve`
 included.
 
 Every module under `internvlu/` is read with `ast` (no import runs), and each `internvlu.*` module it names in
@@ -16,14 +16,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "internvlu"
 # Module or package -> layer. A module may import from its own layer and the layers below, never above.
 # The package root (`internvlu/__init__.py`) is the runtime's public face: `from internvlu import InternVLUPipeline`.
 LAYER_OF = {
-    "internvlu.errors": 0, "internvlu.images": 0, "internvlu.limits": 0, "internvlu.paths": 0, "internvlu.presets": 0,
+    "internvlu.errors": 0, "internvlu.images": 0, "internvlu.json_text": 0, "internvlu.limits": 0, "internvlu.paths": 0,
+    "internvlu.presets": 0,
     "internvlu": 1, "internvlu.runtime": 1,
     "internvlu.export": 2, "internvlu.train": 2, "internvlu.synthetic": 2,
     "internvlu.cli": 3,
     "internvlu.server": 4,
     "internvlu.cli.app": 5, "internvlu.__main__": 5,
 }
-LAYER_NAMES = ("base (errors, images, limits, paths, presets)", "runtime", "export/train/synthetic", "cli", "server",
+LAYER_NAMES = ("base (errors, images, json_text, limits, paths, presets)", "runtime", "export/train/synthetic", "cli", "server",
                "command root (cli.app)")
 
 
