@@ -94,6 +94,10 @@ def export_model(source: Path, model_label: str, out_dir: Path, backbone: str, h
     if export_manifest.read(source) is not None:
         raise UsageError(f"{source} is itself an export; export from the original checkpoint")
     out_dir = Path(out_dir)
+    # Replacing the folder would delete the source (or the folder it sits in) before the export is in place.
+    source_real, out_real = Path(source).resolve(), out_dir.resolve()
+    if out_real == source_real or out_real in source_real.parents or source_real in out_real.parents:
+        raise UsageError(f"--out {out_dir} overlaps the checkpoint being exported ({source}); choose a folder outside it")
     if out_dir.exists() and not overwrite:
         if not out_dir.is_dir():
             raise UsageError(f"{out_dir} is a file; choose a new folder for the export (or pass --overwrite to replace it)")

@@ -111,6 +111,17 @@ def test_export_refuses_a_non_empty_folder_and_keeps_it(tmp_path, cli):
     assert (target / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("where", ["itself", "its parent", "inside it"])
+def test_export_over_its_own_checkpoint_is_refused_even_with_overwrite(tmp_path, cli, where):
+    source = tmp_path / "ckpt"
+    shutil.copytree(GOLDEN / "tiny_pipeline", source)
+    out = {"itself": source, "its parent": tmp_path, "inside it": source / "export"}[where]
+    result = cli("export", source, "--out", out, "--overwrite")
+    assert result.code == 2
+    one_line_error(result, "overlaps the checkpoint being exported")
+    assert (source / "vlm" / "model.safetensors").is_file() and not (source / "export").exists()
+
+
 def test_export_to_a_file_or_under_one_is_refused_before_any_work(tmp_path, cli, monkeypatch):
     monkeypatch.setattr("internvlu.export.exporter.shutil.copytree", lambda *a, **k: pytest.fail("the export started"))
     mine = tmp_path / "notes.txt"
