@@ -239,9 +239,12 @@ class InternVLUProcessor:
         return cls(tokenizer, config, template_name, vocab_size)
 
     def _check_ids(self, ids: tuple[int, ...]) -> None:
-        if self.vocab_size is not None and ids and max(ids) >= self.vocab_size:
-            token = self.tokenizer.convert_ids_to_tokens(max(ids))
-            raise CheckpointError(f"the tokenizer gives {token!r} the id {max(ids)}, but the language model has "
+        if self.vocab_size is None or not ids:
+            return
+        highest = max(ids)
+        if highest >= self.vocab_size:
+            token = self.tokenizer.convert_ids_to_tokens(highest)
+            raise CheckpointError(f"the tokenizer gives {token!r} the id {highest}, but the language model has "
                                   f"{self.vocab_size} token embeddings: processor/ does not belong to this checkpoint's vlm/")
 
     @staticmethod
