@@ -12,11 +12,15 @@ scores the weight average and the last weights; the line reports both, and the `
 gate (steps times the batch), the figure to compare across batch sizes and devices. `stage_seconds` is the
 stage's own clock, as its `--minutes` plan counts it: it includes the gates scored during the stage but not
 the one at its end. The trainer's log goes to stderr.
+
+With `--run-dir`, the run folder is kept instead of a temporary one: its `model/vae` is then a trained VAE
+(weights and measured latent statistics) that `python -m internvlu.train --vae-from` starts a run from.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -29,12 +33,13 @@ from internvlu.train import trainer
 from internvlu.train.trainer import Run
 
 
-def measure(minutes: float, device: str, batch_multiplier: int, seed: int) -> dict:
+def measure(minutes: float, device: str, batch_multiplier: int, seed: int, run_dir: Path | None = None) -> dict:
     vae_stage = next(stage for stage in trainer.STAGES if stage.name == "vae")
     batch = vae_stage.tasks["vae"] * batch_multiplier
     gates = []
-    with tempfile.TemporaryDirectory() as folder:
-        run = Run(Path(folder) / "run", seed=seed, device=device, log=lambda line: print(line, file=sys.stderr),
+    with contextlib.ExitStack() as stack:
+        folder = run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory())) / "run"
+        run = Run(folder, seed=seed, device=device, log=lambda line: print(line, file=sys.stderr),
                   minutes=minutes, batch_multiplier=batch_multiplier, allow_weak_vae=True)
         score_gate = run._vae_gate
 
@@ -63,8 +68,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--batch-multiplier", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", type=Path, default=None, help="keep the run here (a new folder) instead of a temporary one")
     args = parser.parse_args()
-    print(json.dumps(measure(args.minutes, args.device, args.batch_multiplier, args.seed), separators=(",", ":")))
+    if args.run_dir is not None and args.run_dir.exists():
+        parser.error(f"--run-dir {args.run_dir} exists; give a new folder")
+    line = measure(args.minutes, args.device, args.batch_multiplier, args.seed, args.run_dir)
+    print(json.dumps(line, separators=(",", ":")))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@
 #   OUT=/tmp/out bash benchmarks/train_on_device.sh                       # on the GPU: ~8 min in all
 #   OUT=/tmp/out DEVICE=cpu MINUTES=1.5 EVAL_PROMPTS=4 bash benchmarks/train_on_device.sh   # a dry run here
 #
+# The run starts from the packed VAE trained on a CPU (internvlu/train/nano-vae, `--vae-from`; VAE_FROM= to train
+# one from scratch): if it passes the gate, the VAE stage is skipped and its share of MINUTES goes to the head.
+#
 # The packages the device image lacks come from .device/ (`bash benchmarks/device_packages.sh OFFICIAL` here
 # first, then carry [".device"]): benchmarks/device_setup.sh unpacks them.
 set -uo pipefail
@@ -17,6 +20,7 @@ set -uo pipefail
 DEVICE=${DEVICE:-cuda}
 MINUTES=${MINUTES:-5}                  # training budget; set-up, evaluation and packing take the rest
 EVAL_PROMPTS=${EVAL_PROMPTS:-200}
+VAE_FROM=${VAE_FROM-internvlu/train/nano-vae}
 if [ "$DEVICE" = cuda ]; then BATCH_MULTIPLIER=${BATCH_MULTIPLIER:-16}; else BATCH_MULTIPLIER=${BATCH_MULTIPLIER:-1}; fi
 . "$(dirname "$0")/device_setup.sh"
 WORK=${WORK:-/tmp/internvlu-train}
@@ -26,7 +30,7 @@ command -v tesseract >/dev/null || echo "no tesseract here: the words task and t
 start=$(date +%s)
 # A weak VAE is trained on rather than stopping the one call; eval.json and the log say how it did.
 python3 -m internvlu.train "$WORK/nano" --run-dir "$WORK/run" --minutes "$MINUTES" --device "$DEVICE" \
-  --batch-multiplier "$BATCH_MULTIPLIER" --allow-weak-vae >"$OUT/train.log" 2>&1
+  --batch-multiplier "$BATCH_MULTIPLIER" --allow-weak-vae ${VAE_FROM:+--vae-from "$VAE_FROM"} >"$OUT/train.log" 2>&1
 status=$?
 echo "training: exit $status after $(( $(date +%s) - start )) s"; grep -E "planned|gate|wrote" "$OUT/train.log"
 [ $status -eq 0 ] && [ -f "$WORK/nano/model_index.json" ] || { tail -30 "$OUT/train.log"; exit 1; }

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from internvlu.errors import CheckpointError
 from internvlu.train.trainer import STAGES, Run, WeakVAE
 
 
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-multiplier", type=int, default=1, help="multiplies every task's batch size (e.g. 16 on a large GPU)")
     parser.add_argument("--allow-weak-vae", action="store_true",
                         help="train the head even if the VAE's reconstructions fail the gate (the run reports it)")
+    parser.add_argument("--vae-from", type=Path, default=None,
+                        help="start from this trained VAE (packed by internvlu.train.pretrained_vae, or a model or run "
+                             "folder); if it passes the gate, the VAE stage is skipped")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--data-workers", type=int, default=0,
                         help="processes drawing training data ahead of the model (identical weights; for long GPU runs)")
@@ -38,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         run = Run(args.run_dir, args.seed, args.scale or 1.0, args.device, data_workers=args.data_workers,
-                  batch_multiplier=args.batch_multiplier, minutes=args.minutes, allow_weak_vae=args.allow_weak_vae)
-    except ValueError as exc:
+                  batch_multiplier=args.batch_multiplier, minutes=args.minutes, allow_weak_vae=args.allow_weak_vae,
+                  vae_from=args.vae_from)
+    except (ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     plan = ", ".join(f"{s.name} {run.steps(s) or 'planned'}" for s in STAGES)

@@ -11,9 +11,10 @@ Stages (the paper's Table 3, scaled down; `--scale` multiplies every stage's ste
 
 The VAE comes first and gates the rest: its reconstructions must keep `VAE_GATE` of the scorer's
 ground-truth score on every task (`internvlu eval --tasks vae`) before the head trains on its latents;
-the stage ends as soon as they do. With `--minutes`, every stage's step count is planned from its first
-`PROBE_STEPS` steps so that the stages share the budget by `Stage.share` (the plan is recorded, so a
-resumed run keeps it). Each stage keeps an exponential moving average of what it trains (`ema`); the
+the stage ends as soon as they do. A run given a trained VAE (`--vae-from`, see `pretrained_vae`) starts
+from it and scores it first: if it passes, the VAE stage is done without a step and its time goes to the
+others. With `--minutes`, every stage's step count is planned from its first `PROBE_STEPS` steps so that
+the stages share the budget by `Stage.share` (the plan is recorded, so a resumed run keeps it). Each stage keeps an exponential moving average of what it trains (`ema`); the
 averages are what the next stage starts from and what is shipped, except that the VAE gate scores both the
 average and the last weights and keeps the better (an average can lag a VAE that still improves fast). On CUDA
 the step runs under bfloat16 autocast with the fused AdamW.
@@ -46,9 +47,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from internvlu.errors import CheckpointError
 from internvlu.runtime.device import pick_device
 from internvlu.runtime.pipeline import InternVLUPipeline
-from internvlu.train import losses, nano, world
+from internvlu.train import losses, nano, pretrained_vae, world
 from internvlu.train.curves import plot_losses
 from internvlu.train.ema import WeightAverage
 from internvlu.train.evaluate import EvalSettings, Evaluator
@@ -175,7 +177,8 @@ class Run:
 
     def __init__(self, folder: Path, seed: int = 0, scale: float = 1.0, device: str = "auto",
                  log: Callable[[str], None] = print, data_workers: int | None = None, batch_multiplier: int = 1,
-                 minutes: float | None = None, allow_weak_vae: bool = False, gate_prompts: int = VAE_GATE_PROMPTS):
+                 minutes: float | None = None, allow_weak_vae: bool = False, gate_prompts: int = VAE_GATE_PROMPTS,
+                 vae_from: Path | None = None):
         self.folder = Path(folder)
         self.model_dir = self.folder / "model"
         self.log = log
@@ -186,7 +189,8 @@ class Run:
         self.allow_weak_vae = allow_weak_vae
         self.gate_prompts = gate_prompts
         # What decides the data and the schedule: a resumed run must be given the same values.
-        recipe = {"seed": seed, "scale": scale, "batch_multiplier": batch_multiplier, "minutes": minutes}
+        recipe = {"seed": seed, "scale": scale, "batch_multiplier": batch_multiplier, "minutes": minutes,
+                  "vae_from": str(Path(vae_from).resolve()) if vae_from is not None else None}
         progress = self.folder / "progress.json"
         if progress.is_file():
             self.progress = json.loads(progress.read_text())
@@ -204,11 +208,36 @@ class Run:
         staging = self.folder / ".model-init"
         shutil.rmtree(staging, ignore_errors=True)
         nano.write_nano_configs(staging)
-        for component, module in nano.build_modules(staging, self.progress["seed"]).items():
-            nano.save_weights(module, staging / component, nano.WEIGHT_FILES[component])
+        modules = nano.build_modules(staging, self.progress["seed"])
+        try:
+            if self.progress["vae_from"] is not None:
+                self._install_given_vae(modules["vae"], staging / "vae" / "config.json")
+            for component, module in modules.items():
+                nano.save_weights(module, staging / component, nano.WEIGHT_FILES[component])
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         shutil.rmtree(self.model_dir, ignore_errors=True)
         staging.rename(self.model_dir)
         self._write_progress()
+
+    def _install_given_vae(self, vae: torch.nn.Module, config_path: Path) -> None:
+        """The `--vae-from` weights in place of the fresh VAE's (its latent statistics are measured again when
+        the VAE stage ends)."""
+        source = Path(self.progress["vae_from"])
+        try:
+            _, tensors = pretrained_vae.read(source, json.loads(config_path.read_text()))
+        except CheckpointError as exc:
+            raise CheckpointError(f"--vae-from: {exc}") from None
+        needed = vae.state_dict()
+        problems = [f"lacks {name}" for name in sorted(needed.keys() - tensors.keys())]
+        problems += [f"has {name}, which it has not" for name in sorted(tensors.keys() - needed.keys())]
+        problems += [f"has {name} of shape {list(tensors[name].shape)} where it needs {list(needed[name].shape)}"
+                     for name in sorted(needed.keys() & tensors.keys()) if tensors[name].shape != needed[name].shape]
+        if problems:
+            raise CheckpointError(f"--vae-from {source}: its weights do not fit internvlu-nano's VAE: it {problems[0]}"
+                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        vae.load_state_dict(tensors)
 
     def _write_progress(self) -> None:
         partial = self.folder / ".progress.json.partial"
@@ -233,6 +262,8 @@ class Run:
             if stage.name in self.progress["completed"]:
                 continue
             self._check_vae_gate(stage)
+            if stage.name == "vae" and self._given_vae_passes():
+                continue
             if budget[0] <= 0 or not self._run_stage(scaled_batches(stage, self.progress["batch_multiplier"]), stages, budget):
                 return False
         plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
@@ -245,6 +276,19 @@ class Run:
         raise WeakVAE(f"the VAE's reconstructions keep only {gate['worst_ratio']:.2f} of the ground-truth score "
                       f"(needs {VAE_GATE}); train it longer in a new run (--scale or --minutes), or resume this one "
                       "with --allow-weak-vae to train the head on it anyway")
+
+    def _given_vae_passes(self) -> bool:
+        """Score a `--vae-from` VAE before its stage trains it; if it passes, the stage is complete."""
+        if self.progress["vae_from"] is None or self.progress["vae_gate"] is not None or self.progress["stage"] == "vae":
+            return False  # no VAE given, or it was scored already (and the stage went on to train it)
+        pipe = self._load()
+        pipe.vae.model.eval()
+        if not self._record_gate(0, {"given": self._vae_ratios(pipe)}, "given"):
+            return False
+        self._measure_latent_statistics(pipe)
+        self.progress["completed"].append("vae")
+        self._write_progress()
+        return True
 
     def _load(self) -> InternVLUPipeline:
         return InternVLUPipeline.from_pretrained(self.model_dir).to(self.device)
@@ -368,13 +412,17 @@ class Run:
         chosen = max(scored, key=lambda w: (min(scored[w].values()), sum(scored[w].values()), w == "average"))
         if chosen == "last":
             average.restart_from_parameters()
+        return self._record_gate(step, scored, chosen)
+
+    def _record_gate(self, step: int, scored: dict[str, dict[str, float]], chosen: str) -> bool:
+        """Record and log the gate's verdict on the `chosen` of the `scored` weights; whether it passed."""
         ratios = scored[chosen]
         passed = min(ratios.values()) >= VAE_GATE
         self.progress["vae_gate"] = {"step": step, "passed": passed, "worst_ratio": min(ratios.values()), "ratios": ratios,
                                      "weights": chosen, "scored": scored, "words_measured": "words" in ratios}
-        other = "last" if chosen == "average" else "average"
-        self.log(f"[vae] gate at step {step}: reconstruction/ground-truth {ratios} with the {chosen} weights "
-                 f"({other}: {scored[other]}) -> {'passed' if passed else 'not yet'}")
+        others = "".join(f" ({weights}: {other})" for weights, other in scored.items() if weights != chosen)
+        self.log(f"[vae] gate at step {step}: reconstruction/ground-truth {ratios} with the {chosen} weights{others} "
+                 f"-> {'passed' if passed else 'not yet'}")
         self._write_progress()
         return passed
 

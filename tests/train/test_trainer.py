@@ -3,6 +3,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_answer_stops_where_generation_stops
+from internvlu.errors import CheckpointError
 from internvlu.runtime.pipeline import InternVLUPipeline
-from internvlu.train import losses, nano, score, world
+from internvlu.train import losses, nano, pretrained_vae, score, trainer, world
 from internvlu.train.__main__ import main as train_main
 from internvlu.train.ema import WeightAverage
 from internvlu.train.trainer import PROBE_STEPS, Run, Stage, WeakVAE, _seeded, scaled_batches
@@ -161,6 +163,82 @@ def test_the_vae_gate_is_recorded_and_stops_the_head_on_a_weak_vae(short_run, tm
     progress = json.loads((strict / "progress.json").read_text())
     assert progress["completed"] == ["vae", "backbone"] and progress["stage"] is None  # nothing of stage1 ran
     assert _run(strict).train(SHORT[:3])  # the same run, told to go on anyway
+
+
+def _vae_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "vae" / pretrained_vae.WEIGHTS))
+
+
+@pytest.fixture(scope="module")
+def packed_vae(short_run, tmp_path_factory):
+    """The short run's trained VAE, packed as `--vae-from` takes it."""
+    folder, _, _ = short_run
+    out = tmp_path_factory.mktemp("packed") / "vae"
+    assert pretrained_vae.main([str(folder), str(out)]) == 0
+    return out
+
+
+def test_a_packed_vae_reads_back_as_its_bfloat16_weights_in_a_third_of_the_file(short_run, packed_vae):
+    folder, _, _ = short_run
+    trained = _vae_weights(folder / "model")
+    _, tensors = pretrained_vae.read(packed_vae)
+    assert tensors.keys() == trained.keys()
+    assert all(torch.equal(tensors[k], trained[k].to(torch.bfloat16).float()) for k in trained)
+    full_bfloat16 = sum(t.numel() * 2 for t in trained.values())
+    assert (packed_vae / pretrained_vae.WEIGHTS).stat().st_size < 0.4 * full_bfloat16  # the leading taps are not stored
+
+
+def test_a_run_given_a_vae_that_passes_the_gate_skips_the_vae_stage(short_run, packed_vae, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "VAE_GATE", 0.0)
+    folder = tmp_path / "given"
+    run = _run(folder, allow_weak_vae=False, vae_from=packed_vae)
+    _, given = pretrained_vae.read(packed_vae)
+    assert all(torch.equal(w, given[k]) for k, w in _vae_weights(run.model_dir).items())
+    assert run.train(SHORT[:3])
+    progress = json.loads((folder / "progress.json").read_text())
+    assert progress["completed"] == ["vae", "backbone", "stage1"]
+    assert progress["vae_gate"]["weights"] == "given" and progress["vae_gate"]["step"] == 0
+    records = [json.loads(line) for line in (folder / "losses.jsonl").read_text().splitlines()]
+    assert "vae" not in {r["stage"] for r in records}
+    assert all(torch.equal(w.float(), given[k]) for k, w in _vae_weights(run.model_dir).items())
+    # The latent statistics are measured on the given weights: those of the run it was packed from, up to the
+    # bfloat16 rounding of the packed weights.
+    measured = json.loads((run.model_dir / "vae" / "config.json").read_text())
+    packed_from = json.loads((short_run[0] / "model" / "vae" / "config.json").read_text())
+    for key in ("latents_mean", "latents_std"):
+        assert torch.allclose(torch.tensor(measured[key]), torch.tensor(packed_from[key]), rtol=0.02, atol=0.02), key
+
+
+def test_a_run_given_a_vae_that_fails_the_gate_trains_it_on(packed_vae, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "VAE_GATE", 2.0)  # no reconstruction keeps twice the ground truth's score
+    folder = tmp_path / "given"
+    run = _run(folder, vae_from=packed_vae)
+    before = _vae_weights(run.model_dir)
+    assert run.train(SHORT[:1])
+    records = [json.loads(line) for line in (folder / "losses.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["vae"] * SHORT[0].steps
+    after = _vae_weights(run.model_dir)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="vae_from"):  # a resumed run keeps the VAE it started from
+        _run(folder)
+
+
+def test_a_vae_of_another_architecture_or_a_missing_one_is_refused_in_one_line(packed_vae, tmp_path, capsys):
+    other = tmp_path / "wider"
+    shutil.copytree(packed_vae, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "base_dim": 32}))
+    with pytest.raises(CheckpointError, match="base_dim 32 where this run's has 20"):
+        _run(tmp_path / "run", vae_from=other)
+    assert not (tmp_path / "run" / ".model-init").exists() and not (tmp_path / "run" / "model").exists()
+    config, tensors = pretrained_vae.read(packed_vae)
+    pretrained_vae.write(config, {k: v for k, v in tensors.items() if not k.startswith("decoder.conv_out.")},
+                         tmp_path / "headless")
+    with pytest.raises(CheckpointError, match="do not fit internvlu-nano.s VAE: it lacks decoder.conv_out.bias \(and 1 more\)"):
+        _run(tmp_path / "run", vae_from=tmp_path / "headless")
+    assert train_main([str(tmp_path / "out"), "--run-dir", str(tmp_path / "run2"), "--vae-from", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no VAE there" in error
 
 
 def _gate_verdict(run: Run, pipe: InternVLUPipeline, average: WeightAverage) -> dict:
