@@ -259,8 +259,9 @@ class Evaluator:
             words = _held_out(rng, _word_scene, n)
             truth = [world.render(s) for s in words]
             readings = score.read_words(truth + self._reconstruct(truth))
+            # The world has fewer held-out words than a large `--prompts` asks for: split where the truth ends.
             report["words"] = self._calibration([sum(r == s.word for r, s in zip(half, words)) / len(words)
-                                                 for half in (readings[:n], readings[n:])])
+                                                 for half in (readings[:len(words)], readings[len(words):])])
         cases = [c for c in _held_out(rng, _edit_case, n) if not ("vae_words" in self.skipped and c[1].kind == "word")]
         truth = [world.render(edit.target) for _, edit in cases]
         successes = score.edit_successes(cases * 2, truth + self._reconstruct(truth))  # one OCR pass, as for words
