@@ -14,10 +14,11 @@ ground-truth score on every task (`internvlu eval --tasks vae`) before the head 
 the stage ends as soon as they do. A run given a trained VAE (`--vae-from`, see `pretrained_vae`) starts
 from it and scores it first: if it passes, the VAE stage is done without a step and its time goes to the
 others. With `--minutes`, every stage's step count is planned from its first `PROBE_STEPS` steps so that
-the stages share the budget by `Stage.share` (the plan is recorded, so a resumed run keeps it). Each stage keeps an exponential moving average of what it trains (`ema`); the
-averages are what the next stage starts from and what is shipped, except that the VAE gate scores both the
-average and the last weights and keeps the better (an average can lag a VAE that still improves fast). On CUDA
-the step runs under bfloat16 autocast with the fused AdamW.
+the stages share the budget by `Stage.share` (the plan is recorded, so a resumed run keeps it). Each stage
+keeps an exponential moving average of what it trains (`ema`); the averages are what the next stage starts
+from and what is shipped, except that the VAE gate scores both the average and the last weights and keeps
+the better (an average can lag a VAE that still improves fast). On CUDA the step runs under bfloat16
+autocast with the fused AdamW.
 
 The run folder holds the model in the official layout (`model/`), the optimizer state
 and weight averages (`optimizer.safetensors`), `progress.json` and `losses.jsonl`; a killed run resumes from the last
@@ -231,7 +232,7 @@ class Run:
             raise CheckpointError(f"--vae-from: {exc}") from None
         needed = vae.state_dict()
         problems = [f"lacks {name}" for name in sorted(needed.keys() - tensors.keys())]
-        problems += [f"has {name}, which it has not" for name in sorted(tensors.keys() - needed.keys())]
+        problems += [f"has {name}, which that VAE does not" for name in sorted(tensors.keys() - needed.keys())]
         problems += [f"has {name} of shape {list(tensors[name].shape)} where it needs {list(needed[name].shape)}"
                      for name in sorted(needed.keys() & tensors.keys()) if tensors[name].shape != needed[name].shape]
         if problems:
