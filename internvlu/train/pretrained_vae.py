@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from internvlu import json_text
 from internvlu.errors import CheckpointError
 from internvlu.runtime.checkpoint import open_safetensors
+from internvlu.runtime.config import read_json
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 LAST_TAP_ONLY = "last_tap_only"  # metadata key: JSON list of the weights stored as their last temporal tap
@@ -49,12 +49,7 @@ def read(path: Path, expected_config: dict | None = None) -> tuple[dict, dict[st
     """The VAE config and float32 weights in `path` (see `vae_folder`); with `expected_config`, refused in
     one line when its architecture is another."""
     folder = vae_folder(path)
-    try:
-        config = json_text.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{folder / 'config.json'} is not readable JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{folder / 'config.json'} is not a JSON object")
+    config = read_json(folder / "config.json")
     if expected_config is not None:
         differing = [k for k in sorted(set(config) | set(expected_config))
                      if k not in NOT_ARCHITECTURE and config.get(k) != expected_config.get(k)]

@@ -234,7 +234,7 @@ def test_a_vae_of_another_architecture_or_a_missing_one_is_refused_in_one_line(p
     config, tensors = pretrained_vae.read(packed_vae)
     pretrained_vae.write(config, {k: v for k, v in tensors.items() if not k.startswith("decoder.conv_out.")},
                          tmp_path / "headless")
-    with pytest.raises(CheckpointError, match="do not fit internvlu-nano.s VAE: it lacks decoder.conv_out.bias \(and 1 more\)"):
+    with pytest.raises(CheckpointError, match=r"do not fit internvlu-nano.s VAE: it lacks decoder.conv_out.bias \(and 1 more\)"):
         _run(tmp_path / "run", vae_from=tmp_path / "headless")
     assert train_main([str(tmp_path / "out"), "--run-dir", str(tmp_path / "run2"), "--vae-from", str(tmp_path)]) == 2
     error = capsys.readouterr().err
