@@ -9,7 +9,6 @@ adds the traceback.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import sys
 import traceback
@@ -23,6 +22,7 @@ from internvlu.cli import options as opt
 from internvlu.cli.labels import PlainCommand, PlainGroup, plain_labels
 from internvlu.cli.ui import print_error
 from internvlu.errors import InternVLUError, UsageError
+from internvlu.runtime.optional import quiet_optional_kernel_notices
 from internvlu.server import command as server_command
 
 
@@ -138,9 +138,7 @@ def root(
     debug: opt.Debug = False,
 ) -> None:
     opt.set_debug(debug)
-    # bitsandbytes, imported by transformers and diffusers when installed, logs optional-kernel notices and
-    # dtype casts at WARNING on every run; they are not the user's concern.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    quiet_optional_kernel_notices()
 
 
 app.command("gen", cls=PlainCommand, rich_help_panel="Create")(gen.gen)

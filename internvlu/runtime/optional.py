@@ -8,6 +8,7 @@ one `pip install`, not a failure of the run.
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 
 from internvlu.errors import UsageError
@@ -28,3 +29,11 @@ def optional_module(name: str, needed_by: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as exc:
         raise missing_extra(name, needed_by) from exc
+
+
+def quiet_optional_kernel_notices() -> None:
+    """Silence bitsandbytes' notices below ERROR. Imported by transformers and diffusers whenever it is installed,
+    it logs optional-kernel hints (such as `pip install kernels` on CPUs with AVX512-BF16) and dtype casts at
+    WARNING on every run; a command that did not ask for bitsandbytes gives its user nothing to act on. Call it
+    from an entry point before the heavy imports: the kernel hint is logged while bitsandbytes is imported."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 from internvlu.errors import CheckpointError
-from internvlu.train.trainer import STAGES, Run, WeakVAE
+from internvlu.runtime.optional import quiet_optional_kernel_notices
+
+quiet_optional_kernel_notices()  # before the trainer's imports load bitsandbytes
+from internvlu.train.trainer import STAGES, Run, WeakVAE  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,6 +235,8 @@ class Run:
         problems += [f"has {name}, which that VAE does not" for name in sorted(tensors.keys() - needed.keys())]
         problems += [f"has {name} of shape {list(tensors[name].shape)} where it needs {list(needed[name].shape)}"
                      for name in sorted(needed.keys() & tensors.keys()) if tensors[name].shape != needed[name].shape]
+        problems += [f"has NaN or infinite values in {name}" for name in sorted(tensors)
+                     if not torch.isfinite(tensors[name]).all()]
         if problems:
             raise CheckpointError(f"--vae-from {source}: its weights do not fit internvlu-nano's VAE: it {problems[0]}"
                                   + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

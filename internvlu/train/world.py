@@ -20,8 +20,11 @@ from dataclasses import dataclass, field, replace
 from PIL import Image
 
 IMAGE_SIZE = 64
-# (width, height) of the images the head learns to draw from stage 2 on (stage 1: IMAGE_SIZE square).
-IMAGE_SIZES = ((64, 64), (64, 96), (96, 64), (80, 80), (48, 64), (64, 48))
+# (width, height) of the images the head learns to draw from stage 2 on (stage 1: IMAGE_SIZE square). Edits are
+# trained at every one, so no side is under 64 px: the reference allows fewer condition images than half the
+# target's shorter side in head tokens, and with nano's 8x VAE and 2x2 patches a 48 px side is 3 tokens, room
+# for none.
+IMAGE_SIZES = ((64, 64), (64, 96), (96, 64), (80, 80), (64, 80), (80, 64))
 GRID = 3
 COLOURS = {
     "red": (220, 38, 38),

@@ -258,7 +258,7 @@ def test_the_embedded_nano_says_so_before_drawing_a_size_it_was_not_trained_on(c
     large = cli("gen", "a red circle", "--steps", 1, "--size", "160x128", "--seed", 1, "-o", "large.png")
     assert large.code == 0
     note = [line for line in large.stderr.splitlines() if "was trained on" in line]
-    assert note == ["note: nano was trained on images of 48-96 px per side; at 160x128 it draws little of the "
+    assert note == ["note: nano was trained on images of 64-96 px per side; at 160x128 it draws little of the "
                     "prompt (and takes longer): --size 64x64 suits it, and the full model "
                     "(--model InternVL-U/InternVL-U) draws large images"]
     assert large.stderr.index(note[0]) < large.stderr.index("generating")  # said before the work
@@ -272,8 +272,8 @@ def test_the_embedded_nano_edits_at_a_trained_size_and_resizes_back(cli, tmp_pat
     Image.new("RGB", (160, 120), (30, 90, 200)).save(tmp_path / "wide.png")
     edited = cli("edit", tmp_path / "wide.png", "make it red", "--steps", 1, "--seed", 2, "-o", "edited.png")
     assert edited.code == 0
-    assert "note: nano edits at 64x48, a size it was trained on, and the result is resized to 160x120" in edited.stderr
-    small = cli("edit", tmp_path / "wide.png", "make it red", "--steps", 1, "--seed", 2, "--size", "64x48", "-o", "small.png")
+    assert "note: nano edits at 80x64, a size it was trained on, and the result is resized to 160x120" in edited.stderr
+    small = cli("edit", tmp_path / "wide.png", "make it red", "--steps", 1, "--seed", 2, "--size", "80x64", "-o", "small.png")
     assert small.code == 0 and "note" not in small.stderr
     with Image.open("edited.png") as big, Image.open("small.png") as drawn:
         assert big.size == (160, 120)

@@ -104,3 +104,18 @@ def test_the_collector_pauses_for_the_load_only_in_a_process_the_command_line_ow
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == expected.split()
+
+
+@pytest.mark.parametrize("entry, argv", [("internvlu", ["presets", "--help"]), ("internvlu.train", ["--help"])])
+def test_entry_points_keep_bitsandbytes_notices_off_the_screen(entry, argv):
+    """bitsandbytes logs an optional-kernel hint while transformers or diffusers import it (on AVX512-BF16 CPUs
+    without `kernels`) and dtype casts later: neither is the user's to act on, in the CLI or the trainer."""
+    script = ("import logging, runpy, sys\n"
+              f"sys.argv = ['prog', *{argv!r}]\n"
+              "try:\n"
+              f"    runpy.run_module({entry!r}, run_name='__main__')\n"
+              "except SystemExit as exit:\n"
+              "    assert not exit.code, exit.code\n"
+              "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('an optional-kernel hint')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -147,6 +147,7 @@ def test_chat_without_a_length_answers_up_to_the_cli_default(client):
 
 
 def test_an_edit_takes_several_images(client):
+    # Large enough for two condition images: the head allows fewer than half the target's side in tokens.
     response = client.images.edit(image=[("a.png", png((200, 0, 0)), "image/png"), ("b.png", png((0, 0, 200)), "image/png")],
-                                  prompt="combine them", size="64x64", extra_body={"steps": 2, "seed": 9})
+                                  prompt="combine them", size="96x96", extra_body={"steps": 2, "seed": 9})
     assert len(read_recipe(response.data[0].path)["inputs"]) == 2

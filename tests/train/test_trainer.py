@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import assert_answer_stops_where_generation_stops
@@ -236,6 +237,11 @@ def test_a_vae_of_another_architecture_or_a_missing_one_is_refused_in_one_line(p
                          tmp_path / "headless")
     with pytest.raises(CheckpointError, match=r"do not fit internvlu-nano.s VAE: it lacks decoder.conv_out.bias \(and 1 more\)"):
         _run(tmp_path / "run", vae_from=tmp_path / "headless")
+    poisoned = dict(tensors)
+    poisoned["decoder.conv_out.bias"] = torch.full_like(tensors["decoder.conv_out.bias"], float("nan"))
+    pretrained_vae.write(config, poisoned, tmp_path / "poisoned")
+    with pytest.raises(CheckpointError, match="it has NaN or infinite values in decoder.conv_out.bias$"):
+        _run(tmp_path / "run", vae_from=tmp_path / "poisoned")
     assert train_main([str(tmp_path / "out"), "--run-dir", str(tmp_path / "run2"), "--vae-from", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no VAE there" in error
@@ -339,6 +345,17 @@ def test_training_targets_are_the_processors_tensors_of_the_same_renders(short_r
         assert torch.equal(batch, one_by_one)
         pictures = losses.scene_images(pipe, scenes, width, height)
         assert all(p.tobytes() == world.render(s, width, height).tobytes() for p, s in zip(pictures, scenes))
+
+
+def test_every_size_the_head_learns_to_edit_at_is_one_the_pipeline_edits_at(short_run):
+    """Stage 2 on trains edits at every world size; the pipeline refuses an edit whose target is too few head
+    tokens across for its condition image (as the reference does), so no world size may be one of those."""
+    _, out, _ = short_run
+    pipe = InternVLUPipeline.from_pretrained(out)
+    for width, height in world.IMAGE_SIZES:
+        edited = pipe("make it blue", image=Image.new("RGB", (width, height), (200, 30, 30)), width=width,
+                      height=height, generation_mode="image", num_inference_steps=1)
+        assert edited.images[0].size == (width, height)
 
 
 def test_the_training_command_refuses_a_non_empty_output(tmp_path, capsys):
