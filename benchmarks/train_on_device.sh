@@ -12,6 +12,7 @@
 #
 # The run starts from the packed VAE trained on a CPU (internvlu/train/nano-vae, `--vae-from`; VAE_FROM= to train
 # one from scratch): if it passes the gate, the VAE stage is skipped and its share of MINUTES goes to the head.
+# INIT_FROM=internvlu/models/nano SEED=2 goes on training the shipped model instead (`--init-from`, new data).
 #
 # The packages the device image lacks come from .device/ (`bash benchmarks/device_packages.sh OFFICIAL` here
 # first, then carry [".device"]): benchmarks/device_setup.sh unpacks them.
@@ -21,6 +22,9 @@ DEVICE=${DEVICE:-cuda}
 MINUTES=${MINUTES:-5}                  # training budget; set-up, evaluation and packing take the rest
 EVAL_PROMPTS=${EVAL_PROMPTS:-200}
 VAE_FROM=${VAE_FROM-internvlu/train/nano-vae}
+INIT_FROM=${INIT_FROM-}
+SEED=${SEED:-0}
+if [ -n "$INIT_FROM" ]; then START=(--init-from "$INIT_FROM"); else START=(${VAE_FROM:+--vae-from "$VAE_FROM"}); fi
 if [ "$DEVICE" = cuda ]; then BATCH_MULTIPLIER=${BATCH_MULTIPLIER:-16}; else BATCH_MULTIPLIER=${BATCH_MULTIPLIER:-1}; fi
 . "$(dirname "$0")/device_setup.sh"
 WORK=${WORK:-/tmp/internvlu-train}
@@ -29,8 +33,8 @@ command -v tesseract >/dev/null || echo "no tesseract here: the words task and t
 
 start=$(date +%s)
 # A weak VAE is trained on rather than stopping the one call; eval.json and the log say how it did.
-python3 -m internvlu.train "$WORK/nano" --run-dir "$WORK/run" --minutes "$MINUTES" --device "$DEVICE" \
-  --batch-multiplier "$BATCH_MULTIPLIER" --allow-weak-vae ${VAE_FROM:+--vae-from "$VAE_FROM"} >"$OUT/train.log" 2>&1
+python3 -m internvlu.train "$WORK/nano" --run-dir "$WORK/run" --minutes "$MINUTES" --device "$DEVICE" --seed "$SEED" \
+  --batch-multiplier "$BATCH_MULTIPLIER" --allow-weak-vae ${START[@]+"${START[@]}"} >"$OUT/train.log" 2>&1
 status=$?
 echo "training: exit $status after $(( $(date +%s) - start )) s"; grep -E "planned|gate|wrote" "$OUT/train.log"
 [ $status -eq 0 ] && [ -f "$WORK/nano/model_index.json" ] || { tail -30 "$OUT/train.log"; exit 1; }

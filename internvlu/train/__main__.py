@@ -1,4 +1,5 @@
-"""python -m internvlu.train OUT_DIR: train internvlu-nano from scratch and write it in the official layout."""
+"""python -m internvlu.train OUT_DIR: train internvlu-nano (from scratch, or on from a trained one) and write it in
+the official layout."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="start from this trained VAE (packed by internvlu.train.pretrained_vae, or a model or run "
                              "folder); if it passes the gate, the VAE stage is skipped")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="go on training this internvlu-nano model (a model folder such as internvlu/models/nano, "
+                             "or a run folder): every component starts from its weights; give a new --seed for new data")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--data-workers", type=int, default=0,
                         help="processes drawing training data ahead of the model (identical weights; for long GPU runs)")
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = Run(args.run_dir, args.seed, args.scale or 1.0, args.device, data_workers=args.data_workers,
                   batch_multiplier=args.batch_multiplier, minutes=args.minutes, allow_weak_vae=args.allow_weak_vae,
-                  vae_from=args.vae_from)
+                  vae_from=args.vae_from, init_from=args.init_from)
     except (ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

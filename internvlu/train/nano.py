@@ -116,15 +116,22 @@ def _initialise_causal_convs(vae: nn.Module, seed: int) -> None:
                 parameter[:, :, -1] = torch.empty(parameter[:, :, -1].shape).normal_(0.0, fan_in**-0.5, generator=generator)
 
 
-def save_weights(module: nn.Module, folder: Path, stem: str, dtype: torch.dtype = torch.float32) -> None:
-    """The module's tensors under their state-dict names (a tied LM head once), atomically replaced."""
+def saved_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's floating-point tensors under their state-dict names, a tied LM head once (what
+    `save_weights` writes; the tensors are the module's own)."""
     seen: set[int] = set()
     tensors = {}
-    for name, tensor in module.state_dict().items():
+    for name, tensor in module.state_dict(keep_vars=True).items():
         if tensor.data_ptr() in seen or not tensor.is_floating_point():
             continue
         seen.add(tensor.data_ptr())
-        tensors[name] = tensor.detach().to("cpu", dtype).contiguous()
+        tensors[name] = tensor
+    return tensors
+
+
+def save_weights(module: nn.Module, folder: Path, stem: str, dtype: torch.dtype = torch.float32) -> None:
+    """The module's tensors under their state-dict names (a tied LM head once), atomically replaced."""
+    tensors = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in saved_tensors(module).items()}
     target = folder / f"{stem}.safetensors"
     partial = folder / f".{stem}.safetensors.partial"
     save_file(tensors, str(partial), metadata={"format": "pt"})

@@ -49,6 +49,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from internvlu.errors import CheckpointError
+from internvlu.runtime.checkpoint import open_safetensors
 from internvlu.runtime.device import pick_device
 from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import losses, nano, pretrained_vae, world
@@ -173,13 +174,30 @@ def _learning_rate(stage: Stage, steps: int, step: int) -> float:
     return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _install(module: torch.nn.Module, tensors: dict[str, torch.Tensor], refusal: str) -> None:
+    """Load `tensors` (every weight `nano.save_weights` writes, no other) into `module`; `refusal` starts the
+    one-line error when they do not fit."""
+    needed = nano.saved_tensors(module)
+    problems = [f"lacks {name}" for name in sorted(needed.keys() - tensors.keys())]
+    problems += [f"has {name}, which is not one of its weights" for name in sorted(tensors.keys() - needed.keys())]
+    problems += [f"has {name} of shape {list(tensors[name].shape)} where it needs {list(needed[name].shape)}"
+                 for name in sorted(needed.keys() & tensors.keys()) if tensors[name].shape != needed[name].shape]
+    problems += [f"has NaN or infinite values in {name}" for name in sorted(tensors)
+                 if not torch.isfinite(tensors[name]).all()]
+    if problems:
+        raise CheckpointError(f"{refusal}: it {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            needed[name].copy_(tensor)
+
+
 class Run:
     """One training run in `folder`: created on first use, resumed afterwards."""
 
     def __init__(self, folder: Path, seed: int = 0, scale: float = 1.0, device: str = "auto",
                  log: Callable[[str], None] = print, data_workers: int | None = None, batch_multiplier: int = 1,
                  minutes: float | None = None, allow_weak_vae: bool = False, gate_prompts: int = VAE_GATE_PROMPTS,
-                 vae_from: Path | None = None):
+                 vae_from: Path | None = None, init_from: Path | None = None):
         self.folder = Path(folder)
         self.model_dir = self.folder / "model"
         self.log = log
@@ -189,9 +207,12 @@ class Run:
         self.data_workers = data_workers or 0
         self.allow_weak_vae = allow_weak_vae
         self.gate_prompts = gate_prompts
+        if init_from is not None and vae_from is not None:
+            raise ValueError("give --init-from or --vae-from, not both: --init-from keeps its model's VAE")
         # What decides the data and the schedule: a resumed run must be given the same values.
         recipe = {"seed": seed, "scale": scale, "batch_multiplier": batch_multiplier, "minutes": minutes,
-                  "vae_from": str(Path(vae_from).resolve()) if vae_from is not None else None}
+                  "vae_from": str(Path(vae_from).resolve()) if vae_from is not None else None,
+                  "init_from": str(Path(init_from).resolve()) if init_from is not None else None}
         progress = self.folder / "progress.json"
         if progress.is_file():
             self.progress = json.loads(progress.read_text())
@@ -200,8 +221,8 @@ class Run:
                 given = ", ".join(f"{k} {v}" for k, v in recorded.items())
                 raise ValueError(f"{self.folder} holds a run with {given}; resume it with those values or use a new --run-dir")
         else:
-            self.progress = {**recipe, "completed": [], "stage": None, "step": 0, "planned_steps": {},
-                             "stage_seconds": {}, "vae_gate": None}
+            self.progress = {**recipe, "completed": [] if init_from is None else ["vae"], "stage": None, "step": 0,
+                             "planned_steps": {}, "stage_seconds": {}, "vae_gate": None}
             self._create()
 
     def _create(self) -> None:
@@ -211,6 +232,8 @@ class Run:
         nano.write_nano_configs(staging)
         modules = nano.build_modules(staging, self.progress["seed"])
         try:
+            if self.progress["init_from"] is not None:
+                self._install_given_model(modules, staging)
             if self.progress["vae_from"] is not None:
                 self._install_given_vae(modules["vae"], staging / "vae" / "config.json")
             for component, module in modules.items():
@@ -230,17 +253,43 @@ class Run:
             _, tensors = pretrained_vae.read(source, json.loads(config_path.read_text()))
         except CheckpointError as exc:
             raise CheckpointError(f"--vae-from: {exc}") from None
-        needed = vae.state_dict()
-        problems = [f"lacks {name}" for name in sorted(needed.keys() - tensors.keys())]
-        problems += [f"has {name}, which that VAE does not" for name in sorted(tensors.keys() - needed.keys())]
-        problems += [f"has {name} of shape {list(tensors[name].shape)} where it needs {list(needed[name].shape)}"
-                     for name in sorted(needed.keys() & tensors.keys()) if tensors[name].shape != needed[name].shape]
-        problems += [f"has NaN or infinite values in {name}" for name in sorted(tensors)
-                     if not torch.isfinite(tensors[name]).all()]
-        if problems:
-            raise CheckpointError(f"--vae-from {source}: its weights do not fit internvlu-nano's VAE: it {problems[0]}"
-                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-        vae.load_state_dict(tensors)
+        _install(vae, tensors, f"--vae-from {source}: its weights do not fit internvlu-nano's VAE")
+
+    def _install_given_model(self, modules: dict[str, torch.nn.Module], staging: Path) -> None:
+        """The `--init-from` model's weights in place of the fresh ones, and its VAE's latent statistics in
+        `staging`'s VAE config. Its configs and tokenizer must be the ones this trainer writes: a model of
+        another nano architecture or vocabulary is refused, whatever its tensors' shapes."""
+        source = Path(self.progress["init_from"])
+        model = source / "model" if (source / "model" / "model_index.json").is_file() else source
+        for written in sorted(staging.rglob("*")):
+            relative = written.relative_to(staging)
+            if not written.is_file() or written.suffix == ".safetensors" or relative == Path("vae/config.json"):
+                continue
+            given = model / relative
+            if not given.is_file():
+                raise CheckpointError(f"--init-from {source}: it lacks {relative}; give an internvlu-nano model "
+                                      "folder (e.g. internvlu/models/nano) or a training run folder")
+            same = (json.loads(given.read_text()) == json.loads(written.read_text()) if written.suffix == ".json"
+                    else given.read_bytes() == written.read_bytes())
+            if not same:
+                raise CheckpointError(f"--init-from {source}: its {relative} differs from the one this trainer "
+                                      "writes; give a model trained by this version of internvlu-nano's trainer")
+        for component in ("vlm", "generation_decoder"):
+            path = model / component / f"{nano.WEIGHT_FILES[component]}.safetensors"
+            handle = open_safetensors(path)
+            tensors = {name: handle.get_tensor(name).float() for name in handle.keys()}
+            _install(modules[component], tensors, f"--init-from {path}: its weights do not fit internvlu-nano's {component}")
+        vae_config_path = staging / "vae" / "config.json"
+        try:
+            given_config, tensors = pretrained_vae.read(model / "vae", json.loads(vae_config_path.read_text()))
+        except CheckpointError as exc:
+            raise CheckpointError(f"--init-from: {exc}") from None
+        _install(modules["vae"], tensors, f"--init-from {model / 'vae'}: its weights do not fit internvlu-nano's VAE")
+        statistics = {key: given_config.get(key) for key in ("latents_mean", "latents_std")}
+        if not all(isinstance(values, list) and len(values) == given_config.get("z_dim") for values in statistics.values()):
+            raise CheckpointError(f"--init-from {model / 'vae' / 'config.json'}: it lacks the latent statistics its head "
+                                  f"was trained on (latents_mean and latents_std, {given_config.get('z_dim')} values each)")
+        vae_config_path.write_text(json.dumps({**json.loads(vae_config_path.read_text()), **statistics}, indent=2) + "\n")
 
     def _write_progress(self) -> None:
         partial = self.folder / ".progress.json.partial"

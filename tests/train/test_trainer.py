@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import assert_answer_stops_where_generation_stops
 from internvlu.errors import CheckpointError
@@ -38,7 +38,7 @@ def _weights(folder):
 
 def _run(folder, **settings) -> Run:
     """A run whose VAE gate scores 2 prompts a task, and which trains the head past a failed gate."""
-    return Run(folder, seed=0, log=lambda _: None, gate_prompts=2, **{"allow_weak_vae": True, **settings})
+    return Run(folder, log=lambda _: None, gate_prompts=2, **{"seed": 0, "allow_weak_vae": True, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +245,64 @@ def test_a_vae_of_another_architecture_or_a_missing_one_is_refused_in_one_line(p
     assert train_main([str(tmp_path / "out"), "--run-dir", str(tmp_path / "run2"), "--vae-from", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no VAE there" in error
+
+
+def test_a_run_started_from_a_trained_model_goes_on_from_its_weights_and_keeps_its_vae(short_run, tmp_path):
+    _, exported, _ = short_run
+    folder = tmp_path / "continued"
+    run = _run(folder, seed=1, init_from=exported)
+    given = {f"{c}/{k}": v.float() for c, stem in nano.WEIGHT_FILES.items()
+             for k, v in load_file(str(exported / c / f"{stem}.safetensors")).items()}
+    started = _weights(folder)
+    assert started.keys() == given.keys() and all(torch.equal(started[k], given[k]) for k in given)
+    assert json.loads((run.model_dir / "vae" / "config.json").read_text()) == json.loads((exported / "vae" / "config.json").read_text())
+    assert run.train(SHORT[:3])
+    records = [json.loads(line) for line in (folder / "losses.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["backbone"] * 2 + ["stage1"] * 2  # the VAE its head learned is kept
+    assert all(torch.equal(w, given[f"vae/{k}"]) for k, w in _vae_weights(run.model_dir).items())
+    trained = _weights(folder)
+    assert any(not torch.equal(trained[k], given[k]) for k in given if k.startswith("generation_decoder/"))
+    with pytest.raises(ValueError, match="init_from"):  # a resumed run keeps the model it started from
+        _run(folder, seed=1)
+    with pytest.raises(ValueError, match="not both"):
+        _run(tmp_path / "both", init_from=exported, vae_from=exported)
+
+
+def test_a_model_of_another_vocabulary_shape_or_without_latent_statistics_is_refused_as_a_start(short_run, tmp_path, capsys):
+    _, exported, _ = short_run
+
+    def variant(name, change):
+        folder = tmp_path / name
+        shutil.copytree(exported, folder)
+        change(folder)
+        return folder
+
+    def retokenised(folder):
+        vocab = folder / "processor" / "vocab.json"
+        vocab.write_text(json.dumps({**json.loads(vocab.read_text()), "zzz": 99999}))
+
+    def narrowed_head(folder):
+        path = folder / "generation_decoder" / "model.safetensors"
+        tensors = load_file(str(path))
+        tensors["decoder.img_in.weight"] = tensors["decoder.img_in.weight"][:-1]
+        save_file(tensors, str(path))
+
+    def unmeasured(folder):
+        config_path = folder / "vae" / "config.json"
+        config = json.loads(config_path.read_text())
+        del config["latents_std"]
+        config_path.write_text(json.dumps(config))
+
+    cases = {"retokenised": (retokenised, r"its processor/vocab.json differs from the one this trainer writes"),
+             "narrowed": (narrowed_head, r"do not fit internvlu-nano's generation_decoder: it has decoder.img_in.weight of shape"),
+             "unmeasured": (unmeasured, r"it lacks the latent statistics its head was trained on")}
+    for name, (change, refusal) in cases.items():
+        with pytest.raises(CheckpointError, match=refusal):
+            _run(tmp_path / f"run-{name}", init_from=variant(name, change))
+        assert not (tmp_path / f"run-{name}" / "model").exists()
+    assert train_main([str(tmp_path / "out"), "--run-dir", str(tmp_path / "run"), "--init-from", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "it lacks generation_decoder/config.json; give an internvlu-nano model folder" in error
 
 
 def _gate_verdict(run: Run, pipe: InternVLUPipeline, average: WeightAverage) -> dict:
