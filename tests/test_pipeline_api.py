@@ -46,6 +46,14 @@ def test_too_many_condition_images(tiny_pipe, test_image):
         gen(tiny_pipe, prompt="merge", image=[[test_image] * 4])
 
 
+def test_an_edit_takes_as_many_input_images_as_its_size_has_room_for(tiny_pipe, test_image):
+    room = tiny_pipe.condition_image_room(96, 64)
+    assert room >= 1 and tiny_pipe.condition_image_room(192, 128) > room  # room grows with the shorter side
+    assert gen(tiny_pipe, prompt="merge", image=[[test_image] * room], width=96, height=64).images[0].size == (96, 64)
+    with pytest.raises(UsageError, match=f"^{room + 1} input images are too many for a 96x64 output"):
+        gen(tiny_pipe, prompt="merge", image=[[test_image] * (room + 1)], width=96, height=64)
+
+
 def test_size_not_multiple_of_16_generates_floored_then_resizes(tiny_pipe):
     out = gen(tiny_pipe, height=40, width=50)
     assert out.images[0].size == (50, 40)

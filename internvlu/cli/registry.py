@@ -83,13 +83,17 @@ class ModelRef:
                 f"it draws little of the prompt (and takes longer): --size 64x64 suits it, and the full model "
                 f"(--model InternVL-U/InternVL-U) draws large images")
 
-    def edit_draw_size(self, width: int, height: int) -> tuple[int, int] | None:
-        """Where an edit of this size should be drawn, to be resized back after: the trained size of the nearest
-        aspect ratio, for an embedded model asked for a size outside its training; else None (draw as asked).
-        A function of the size alone, so a replay of the recipe draws the same."""
+    def edit_draw_size(self, width: int, height: int, fits: Callable[[int, int], bool]) -> tuple[int, int] | None:
+        """Where an edit of this size should be drawn, to be resized back after: of the trained sizes that `fits`
+        (room for the edit's input images), the one of the nearest aspect ratio, for an embedded model asked for
+        a size outside its training; else None (draw as asked). A function of the size and the fit alone, so a
+        replay of the recipe draws the same."""
         if not self._outside_training(width, height):
             return None
-        return min(self.trained_sizes(), key=lambda size: (abs(math.log(size[0] / size[1] * height / width)), -size[0] * size[1]))
+        sizes = [size for size in self.trained_sizes() if fits(*size)]
+        if not sizes:
+            return None
+        return min(sizes, key=lambda size: (abs(math.log(size[0] / size[1] * height / width)), -size[0] * size[1]))
 
     def identity(self) -> dict:
         """What an output records: enough to find the same weights again and to notice if they changed."""

@@ -333,7 +333,10 @@ class Session:
         drawn = replace(job.settings, image=image, load=self.loaded)  # what the recipe records
         (width, height), cot = image.size, image.cot
         # An embedded model edits at a size it was trained on and the result is resized back (P15's LANCZOS).
-        draw_size = self.model.edit_draw_size(width, height) if job.command == "edit" else None
+        draw_size = None
+        if job.command == "edit":
+            draw_size = self.model.edit_draw_size(
+                width, height, lambda w, h: self.pipe.condition_image_room(w, h) >= len(job.inputs))
         if draw_size is not None:
             self.ui.info(f"note: {self.model.id} edits at {draw_size[0]}x{draw_size[1]}, a size it was trained on, "
                          f"and the result is resized to {width}x{height}")

@@ -359,16 +359,21 @@ class InternVLUPipeline:
         if accel not in ACCEL_LEVELS:
             raise UsageError(f"accel {accel!r} must be one of {', '.join(ACCEL_LEVELS)}")
         gen_height, gen_width = height // stride * stride, width // stride * stride
-        # The head's RoPE gives each condition image a frame; the reference bounds their number by the target grid.
-        p = self.generation_decoder.config.mmdit.patch_size
-        latent = self.processor.config.generation.vae_downsample_factor
-        grid = min(gen_height // latent // p, gen_width // latent // p)
-        limit = int(grid // 2 / self.generation_decoder.config.mmdit.video_position_scale_factor)
         entries = image if isinstance(image, (list, tuple)) else [image]
         most = max((len(e) if isinstance(e, (list, tuple)) else int(e is not None)) for e in entries) if entries else 0
-        if most and most >= limit:
+        if most > self.condition_image_room(gen_width, gen_height):
             raise UsageError(f"{most} input images are too many for a {width}x{height} output; use fewer images or a larger size")
         return gen_height, gen_width
+
+    def condition_image_room(self, width: int, height: int) -> int:
+        """How many input images an edit drawn at width x height (multiples of the stride) can take.
+
+        The head's RoPE gives each condition image a frame; the reference allows fewer of them than half the
+        target's shorter side in head tokens (scaled by the video position factor)."""
+        p = self.generation_decoder.config.mmdit.patch_size
+        latent = self.processor.config.generation.vae_downsample_factor
+        grid = min(height // latent // p, width // latent // p)
+        return max(0, int(grid // 2 / self.generation_decoder.config.mmdit.video_position_scale_factor) - 1)
 
     def _generate_images(self, prompt, image, mode, system_prompt, *, height, width, steps, all_cfg_scale,
                          part_cfg_scale, images_per_prompt, generator, generation, callback, output_type, accel):

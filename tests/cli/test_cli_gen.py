@@ -282,6 +282,20 @@ def test_the_embedded_nano_edits_at_a_trained_size_and_resizes_back(cli, tmp_pat
     assert replay.code == 0 and pixels("again.png") == pixels("edited.png")
 
 
+def test_the_embedded_nano_edits_two_images_as_asked_when_no_trained_size_has_room_for_both(cli, tmp_path):
+    """nano's trained sizes leave a condition frame for one input image only (the reference allows fewer than
+    half the shorter side in head tokens), so an edit of two is drawn at the size asked, which has room."""
+    from PIL import Image
+
+    for name, colour in (("wide.png", (30, 90, 200)), ("other.png", (200, 30, 30))):
+        Image.new("RGB", (160, 120), colour).save(tmp_path / name)
+    edited = cli("edit", tmp_path / "wide.png", tmp_path / "other.png", "make it red", "--steps", 1, "-o", "both.png")
+    assert edited.code == 0, edited.stderr
+    assert "edits at" not in edited.stderr and "was trained on images of 64-96 px" in edited.stderr
+    with Image.open("both.png") as image:
+        assert image.size == (160, 120)
+
+
 @pytest.mark.parametrize("field, value, says", [
     ("seed", "7", "`seed` is '7', not an integer"), ("seed", 0.5, "`seed` is 0.5"), ("seed", True, "`seed` is True"),
     ("inputs", [5], "`inputs` is not a list of {path, sha256} objects"),
