@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training internvlu-nano in {args.run_dir} on {run.device} (steps: {plan})")
     try:
         finished = run.train(max_steps=args.max_steps)
-    except WeakVAE as exc:
+    except (WeakVAE, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not finished:

@@ -309,6 +309,7 @@ class Run:
         """Run the stages not yet completed; with `max_steps`, stop (checkpointed) after that many steps.
         Returns whether every stage is complete."""
         torch.set_num_threads(os.cpu_count() or 1)
+        self._check_edit_sizes([stage for stage in stages if stage.name not in self.progress["completed"]])
         budget = [max_steps if max_steps is not None else math.inf]
         for stage in stages:
             if stage.name in self.progress["completed"]:
@@ -320,6 +321,20 @@ class Run:
                 return False
         plot_losses(self.folder / "losses.jsonl", self.folder / "loss_curves.png")
         return True
+
+    def _check_edit_sizes(self, stages: list[Stage]) -> None:
+        """Refuse, before any step, stages that would train edits at a size where inference has no room for
+        the input image (the reference's bound on condition images), which the head could never be asked for."""
+        editing = [stage for stage in stages if {"edit", "edit_cot"} & stage.tasks.keys()]
+        if not editing:
+            return
+        pipe = InternVLUPipeline.from_pretrained(self.model_dir)
+        for stage in editing:
+            sizes = world.IMAGE_SIZES if stage.any_resolution else ((world.IMAGE_SIZE, world.IMAGE_SIZE),)
+            cramped = [f"{width}x{height}" for width, height in sizes if pipe.condition_image_room(width, height) < 1]
+            if cramped:
+                raise ValueError(f"{stage.name} would train edits at {', '.join(cramped)}, where the pipeline has no "
+                                 "room for the input image; give the world's IMAGE_SIZES larger sides")
 
     def _check_vae_gate(self, stage: Stage) -> None:
         gate = self.progress["vae_gate"]

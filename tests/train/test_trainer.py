@@ -416,6 +416,15 @@ def test_every_size_the_head_learns_to_edit_at_is_one_the_pipeline_edits_at(shor
         assert edited.images[0].size == (width, height)
 
 
+def test_a_run_refuses_before_any_step_to_train_edits_at_a_size_with_no_room_for_the_input(tmp_path, monkeypatch):
+    monkeypatch.setattr(world, "IMAGE_SIZES", (*world.IMAGE_SIZES, (48, 64)))
+    run = _run(tmp_path / "cramped")
+    with pytest.raises(ValueError, match="^stage2 would train edits at 48x64, where the pipeline has no room"):
+        run.train(SHORT)
+    assert not (tmp_path / "cramped" / "losses.jsonl").exists()
+    assert run.train(SHORT[:3])  # stages without edits still train
+
+
 def test_the_training_command_refuses_a_non_empty_output(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
