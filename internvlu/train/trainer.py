@@ -49,7 +49,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from internvlu.errors import CheckpointError
-from internvlu.runtime.checkpoint import open_safetensors
+from internvlu.runtime.checkpoint import WeightSource
 from internvlu.runtime.device import pick_device
 from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import losses, nano, pretrained_vae, world
@@ -275,10 +275,10 @@ class Run:
                 raise CheckpointError(f"--init-from {source}: its {relative} differs from the one this trainer "
                                       "writes; give a model trained by this version of internvlu-nano's trainer")
         for component in ("vlm", "generation_decoder"):
-            path = model / component / f"{nano.WEIGHT_FILES[component]}.safetensors"
-            handle = open_safetensors(path)
-            tensors = {name: handle.get_tensor(name).float() for name in handle.keys()}
-            _install(modules[component], tensors, f"--init-from {path}: its weights do not fit internvlu-nano's {component}")
+            weights = WeightSource(model / component, nano.WEIGHT_FILES[component])
+            tensors = {name: tensor.float() for name, tensor in weights.items()}
+            _install(modules[component], tensors,
+                     f"--init-from {model / component}: its weights do not fit internvlu-nano's {component}")
         vae_config_path = staging / "vae" / "config.json"
         try:
             given_config, tensors = pretrained_vae.read(model / "vae", json.loads(vae_config_path.read_text()))
