@@ -275,8 +275,11 @@ class Run:
                 raise CheckpointError(f"--init-from {source}: its {relative} differs from the one this trainer "
                                       "writes; give a model trained by this version of internvlu-nano's trainer")
         for component in ("vlm", "generation_decoder"):
-            weights = WeightSource(model / component, nano.WEIGHT_FILES[component])
-            tensors = {name: tensor.float() for name, tensor in weights.items()}
+            try:
+                weights = WeightSource(model / component, nano.WEIGHT_FILES[component])
+                tensors = {name: tensor.float() for name, tensor in weights.items()}
+            except CheckpointError as exc:
+                raise CheckpointError(f"--init-from: {exc}") from None
             _install(modules[component], tensors,
                      f"--init-from {model / component}: its weights do not fit internvlu-nano's {component}")
         vae_config_path = staging / "vae" / "config.json"

@@ -293,7 +293,11 @@ def test_a_model_of_another_vocabulary_shape_or_without_latent_statistics_is_ref
         del config["latents_std"]
         config_path.write_text(json.dumps(config))
 
+    def unweighted(folder):
+        (folder / "vlm" / "model.safetensors").unlink()
+
     cases = {"retokenised": (retokenised, r"its processor/vocab.json differs from the one this trainer writes"),
+             "unweighted": (unweighted, r"^--init-from: .*vlm"),
              "narrowed": (narrowed_head, r"do not fit internvlu-nano's generation_decoder: it has decoder.img_in.weight of shape"),
              "unmeasured": (unmeasured, r"it lacks the latent statistics its head was trained on")}
     for name, (change, refusal) in cases.items():
