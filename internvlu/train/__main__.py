@@ -12,7 +12,7 @@ from internvlu.errors import CheckpointError
 from internvlu.runtime.optional import quiet_optional_kernel_notices
 
 quiet_optional_kernel_notices()  # before the trainer's imports load bitsandbytes
-from internvlu.train.trainer import STAGES, Run, WeakVAE  # noqa: E402
+from internvlu.train.trainer import STAGES, CrampedEditSize, Run, WeakVAE  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training internvlu-nano in {args.run_dir} on {run.device} (steps: {plan})")
     try:
         finished = run.train(max_steps=args.max_steps)
-    except (WeakVAE, ValueError) as exc:
+    except (WeakVAE, CrampedEditSize) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not finished:

@@ -93,6 +93,10 @@ class WeakVAE(RuntimeError):
     """The VAE stage ended without its reconstructions passing the gate."""
 
 
+class CrampedEditSize(ValueError):
+    """A stage would train edits at a size where inference has no room for the input image."""
+
+
 def _seeded(seed: int, stage: str, step: int) -> tuple[random.Random, torch.Generator]:
     key = f"{seed}/{stage}/{step}"
     # Hashed, so every step gets its own noise (a truncated encoding of the key would repeat within a stage).
@@ -336,7 +340,7 @@ class Run:
             sizes = world.IMAGE_SIZES if stage.any_resolution else ((world.IMAGE_SIZE, world.IMAGE_SIZE),)
             cramped = [f"{width}x{height}" for width, height in sizes if pipe.condition_image_room(width, height) < 1]
             if cramped:
-                raise ValueError(f"{stage.name} would train edits at {', '.join(cramped)}, where the pipeline has no "
+                raise CrampedEditSize(f"{stage.name} would train edits at {', '.join(cramped)}, where the pipeline has no "
                                  "room for the input image; give the world's IMAGE_SIZES larger sides")
 
     def _check_vae_gate(self, stage: Stage) -> None:

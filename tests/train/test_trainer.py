@@ -17,7 +17,7 @@ from internvlu.runtime.pipeline import InternVLUPipeline
 from internvlu.train import losses, nano, pretrained_vae, score, trainer, world
 from internvlu.train.__main__ import main as train_main
 from internvlu.train.ema import WeightAverage
-from internvlu.train.trainer import PROBE_STEPS, Run, Stage, WeakVAE, _seeded, scaled_batches
+from internvlu.train.trainer import PROBE_STEPS, CrampedEditSize, Run, Stage, WeakVAE, _seeded, scaled_batches
 
 NANO = Path(nano.__file__).parents[1] / "models" / "nano"
 
@@ -423,7 +423,7 @@ def test_every_size_the_head_learns_to_edit_at_is_one_the_pipeline_edits_at(shor
 def test_a_run_refuses_before_any_step_to_train_edits_at_a_size_with_no_room_for_the_input(tmp_path, monkeypatch):
     monkeypatch.setattr(world, "IMAGE_SIZES", (*world.IMAGE_SIZES, (48, 64)))
     run = _run(tmp_path / "cramped")
-    with pytest.raises(ValueError, match="^stage2 would train edits at 48x64, where the pipeline has no room"):
+    with pytest.raises(CrampedEditSize, match="^stage2 would train edits at 48x64, where the pipeline has no room"):
         run.train(SHORT)
     assert not (tmp_path / "cramped" / "losses.jsonl").exists()
     run._check_edit_sizes(list(SHORT[:3]))  # stages without edits are not held back
